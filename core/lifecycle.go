@@ -1,0 +1,46 @@
+package core
+
+import (
+	"context"
+	"errors"
+)
+
+// The lifecycle hooks are optional one-method interfaces, found by type
+// assertion, so a module implements only what it needs.
+
+// Provisioner sets a module up: read config, open listeners, wire
+// dependencies. It must be quick and must not start goroutines that outlive
+// it; long-running work belongs in Run. A failed Provision is followed by
+// Cleanup, so Cleanup must tolerate partial provisioning.
+type Provisioner interface {
+	Provision(ctx *Context) error
+}
+
+// Validator checks a provisioned module's settings without side effects.
+type Validator interface {
+	Validate() error
+}
+
+// Runner does a module's long-running work. Run blocks until ctx is done and
+// then returns nil; any error it returns stops the whole host.
+type Runner interface {
+	Run(ctx context.Context) error
+}
+
+// CleanerUpper releases what Provision acquired. The host calls it in reverse
+// dependency order after every Runner has returned.
+type CleanerUpper interface {
+	Cleanup() error
+}
+
+// Readier reports whether a module is ready to serve. A nil error means
+// ready; the error text is shown on /healthz/ready.
+type Readier interface {
+	Ready() error
+}
+
+// ErrDependencyCycle is returned when module requirements form a cycle.
+var ErrDependencyCycle = errors.New("module dependency cycle")
+
+// ErrNotReady is the generic readiness error for modules still starting.
+var ErrNotReady = errors.New("not ready")

@@ -1,0 +1,39 @@
+package core
+
+// MeshConfig holds the mesh-wide settings from the `mesh:` section of
+// meshd.yaml. It is the meshd counterpart of Istio's MeshConfig: the few
+// settings that several modules read (citadel the trust domain, pilot the
+// outbound policy, galley the default mTLS mode for its analysis), so it lives
+// in core rather than in any one module.
+type MeshConfig struct {
+	// TrustDomain is the SPIFFE trust domain of every identity in the mesh.
+	TrustDomain string `mapstructure:"trustDomain" doc:"SPIFFE trust domain of workload identities (spiffe://<trustDomain>/ns/<ns>/sa/<sa>)"`
+	// DefaultMTLSMode applies where no PeerAuthentication selects a workload.
+	DefaultMTLSMode string `mapstructure:"defaultMTLSMode" doc:"mTLS mode where no PeerAuthentication applies: STRICT, PERMISSIVE or DISABLE"`
+	// OutboundTrafficPolicy decides what sidecars do with traffic to hosts the
+	// mesh does not know: ALLOW_ANY passes it through, REGISTRY_ONLY blackholes it.
+	OutboundTrafficPolicy string `mapstructure:"outboundTrafficPolicy" doc:"traffic to unknown hosts: ALLOW_ANY (passthrough) or REGISTRY_ONLY (blackhole)"`
+	// ClusterDomain is the DNS suffix that short host names are expanded with.
+	ClusterDomain string `mapstructure:"clusterDomain" doc:"DNS suffix used to expand short host names (reviews -> reviews.<ns>.svc.<clusterDomain>)"`
+}
+
+// Mesh-wide setting values accepted by MeshConfig.
+const (
+	MTLSStrict     = "STRICT"
+	MTLSPermissive = "PERMISSIVE"
+	MTLSDisable    = "DISABLE"
+
+	OutboundAllowAny     = "ALLOW_ANY"
+	OutboundRegistryOnly = "REGISTRY_ONLY"
+)
+
+// DefaultMeshConfig returns Istio's defaults, so Istio YAML behaves the same
+// under meshd without a mesh section.
+func DefaultMeshConfig() MeshConfig {
+	return MeshConfig{
+		TrustDomain:           "cluster.local",
+		DefaultMTLSMode:       MTLSPermissive,
+		OutboundTrafficPolicy: OutboundAllowAny,
+		ClusterDomain:         "cluster.local",
+	}
+}

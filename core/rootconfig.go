@@ -1,0 +1,87 @@
+package core
+
+import (
+	"fmt"
+	"time"
+)
+
+// Config is the root of meshd.yaml. Module sections stay raw here; the host
+// decodes each one strictly over that module's defaults.
+type Config struct {
+	DataDir         string        `mapstructure:"dataDir" doc:"directory of the bbolt store (meshd.db) and other state; created with mode 0700"`
+	ShutdownTimeout time.Duration `mapstructure:"shutdownTimeout" doc:"how long a graceful shutdown may take before meshd exits anyway"`
+	Admin           AdminConfig   `mapstructure:"admin"`
+	Log             LogConfig     `mapstructure:"log"`
+	Bus             BusConfig     `mapstructure:"bus"`
+	Mesh            MeshConfig    `mapstructure:"mesh"`
+	// Modules holds one section per module, keyed by module ID. Each section
+	// may set `enabled` besides the module's own keys.
+	Modules map[string]map[string]any `mapstructure:"modules"`
+}
+
+// AdminConfig configures the admin HTTP server.
+type AdminConfig struct {
+	Address string `mapstructure:"address" doc:"admin HTTP listen address: /healthz/ready, /metrics, /debug/*"`
+	Pprof   bool   `mapstructure:"pprof" doc:"serve /debug/pprof on the admin address"`
+}
+
+// LogConfig configures logging.
+type LogConfig struct {
+	Level  string `mapstructure:"level" doc:"log level: debug, info, warn or error"`
+	Format string `mapstructure:"format" doc:"log format: text or json"`
+}
+
+// BusConfig configures the event bus.
+type BusConfig struct {
+	BufferSize int `mapstructure:"bufferSize" doc:"events each subscriber may queue before it is sent a resync marker"`
+}
+
+// DefaultConfig is the embedded default: a store under ./data and the admin
+// server on loopback, so `meshd serve` with no file is safe to try anywhere.
+func DefaultConfig() Config {
+	return Config{
+		DataDir:         "./data",
+		ShutdownTimeout: 15 * time.Second,
+		Admin:           AdminConfig{Address: "127.0.0.1:15014"},
+		Log:             LogConfig{Level: "info", Format: "text"},
+		Bus:             BusConfig{BufferSize: 256},
+		Mesh:            DefaultMeshConfig(),
+	}
+}
+
+// Validate checks root settings that decoding cannot.
+func (c *Config) Validate() error {
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("log.level: %q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		return fmt.Errorf("log.format: %q is not one of text, json", c.Log.Format)
+	}
+	if c.DataDir == "" {
+		return fmt.Errorf("dataDir: must not be empty")
+	}
+	if c.ShutdownTimeout <= 0 {
+		return fmt.Errorf("shutdownTimeout: must be positive")
+	}
+	if c.Bus.BufferSize <= 0 {
+		return fmt.Errorf("bus.bufferSize: must be positive")
+	}
+	switch c.Mesh.DefaultMTLSMode {
+	case MTLSStrict, MTLSPermissive, MTLSDisable:
+	default:
+		return fmt.Errorf("mesh.defaultMTLSMode: %q is not one of STRICT, PERMISSIVE, DISABLE", c.Mesh.DefaultMTLSMode)
+	}
+	switch c.Mesh.OutboundTrafficPolicy {
+	case OutboundAllowAny, OutboundRegistryOnly:
+	default:
+		return fmt.Errorf("mesh.outboundTrafficPolicy: %q is not one of ALLOW_ANY, REGISTRY_ONLY", c.Mesh.OutboundTrafficPolicy)
+	}
+	if c.Mesh.TrustDomain == "" {
+		return fmt.Errorf("mesh.trustDomain: must not be empty")
+	}
+	return nil
+}
