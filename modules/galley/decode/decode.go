@@ -1,0 +1,230 @@
+// Package decode turns Istio YAML and JSON documents into api.Objects whose
+// specs are istio.io/api messages.
+//
+// It walks go.yaml.in/yaml/v3 nodes against the protobuf descriptors itself
+// instead of converting to JSON and calling protojson, because that is the
+// only way to report an unknown field, a bad enum or a malformed duration at
+// the line where it is written, and to record the line of every field for
+// validation findings. Accepted syntax follows what Istio's own strict
+// decoder accepts: JSON (camelCase) or proto (snake_case) field names, enum
+// names or numbers, quoted or bare integers, and durations in Go syntax
+// ("500ms", "1.5s", "1m").
+package decode
+
+import (
+	"bytes"
+	"hash/fnv"
+	"maps"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/meshd/meshd/modules/galley/api"
+)
+
+// Options tune a Decoder. The zero value is ready to use.
+type Options struct {
+	// DefaultNamespace is given to objects without metadata.namespace;
+	// empty means "default", as in Istio.
+	DefaultNamespace string
+	// MaxNodes bounds the YAML nodes visited per document, counting each
+	// expansion of an alias, so that "billion laughs" documents fail fast
+	// instead of exhausting memory. Zero means 1,000,000.
+	MaxNodes int
+}
+
+const defaultMaxNodes = 1_000_000
+
+// Result is what decoding produced. Objects decoded cleanly. Rejected
+// objects had decoding errors; they are decoded as far as possible and kept
+// so that whole-set analysis can still resolve references to them, but they
+// must not be accepted. Findings describe every problem met.
+type Result struct {
+	Objects  []*api.Object
+	Rejected []*api.Object
+	Findings []api.Finding
+	// Files lists the files read, in the order read.
+	Files []string
+}
+
+// Merge appends other to r.
+func (r *Result) Merge(other Result) {
+	r.Objects = append(r.Objects, other.Objects...)
+	r.Rejected = append(r.Rejected, other.Rejected...)
+	r.Findings = append(r.Findings, other.Findings...)
+	r.Files = append(r.Files, other.Files...)
+}
+
+// Decoder decodes documents with fixed options. It holds no state between
+// calls and is safe for concurrent use.
+type Decoder struct {
+	opts Options
+}
+
+// New returns a Decoder with opts.
+func New(opts Options) *Decoder {
+	if opts.DefaultNamespace == "" {
+		opts.DefaultNamespace = api.DefaultNamespace
+	}
+	if opts.MaxNodes <= 0 {
+		opts.MaxNodes = defaultMaxNodes
+	}
+	return &Decoder{opts: opts}
+}
+
+// Decode decodes data with default options. file names the source in
+// findings; a ".json" suffix selects JSON handling.
+func Decode(file string, data []byte) Result {
+	return New(Options{}).Decode(file, data)
+}
+
+// Decode decodes every document in data. file names the source in findings
+// and objects; a ".json" suffix selects JSON handling (one document, tabs
+// allowed).
+func (d *Decoder) Decode(file string, data []byte) Result {
+	var r Result
+	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))
+	if isJSON(file) {
+		// JSON forbids raw tabs inside strings, so every tab is whitespace;
+		// YAML does not accept tabs as indentation, so turn them into spaces.
+		if bytes.IndexByte(data, '\t') >= 0 {
+			data = bytes.ReplaceAll(data, []byte("\t"), []byte(" "))
+		}
+		d.decodeChunk(&r, file, data, 1)
+		return r
+	}
+	for _, c := range splitDocuments(data) {
+		d.decodeChunk(&r, file, c.data, c.line)
+	}
+	return r
+}
+
+func isJSON(file string) bool {
+	return strings.EqualFold(filepath.Ext(file), ".json")
+}
+
+// chunk is one YAML document's text and the file line it starts on.
+type chunk struct {
+	data []byte
+	line int
+}
+
+// splitDocuments cuts a multi-document YAML stream at "---" lines. Splitting
+// before parsing keeps one malformed document from hiding the others, which a
+// streaming yaml.Decoder cannot recover from. A "---" in column 0 is a
+// document marker even inside block scalars, so this matches YAML.
+func splitDocuments(data []byte) []chunk {
+	var out []chunk
+	start, startLine, line := 0, 1, 1
+	for i := 0; i < len(data); {
+		end := bytes.IndexByte(data[i:], '\n')
+		next := len(data)
+		if end >= 0 {
+			next = i + end + 1
+		}
+		if i > start && isDocMarker(data[i:next]) {
+			out = append(out, chunk{data: data[start:i], line: startLine})
+			start, startLine = i, line
+		}
+		i = next
+		line++
+	}
+	if start < len(data) {
+		out = append(out, chunk{data: data[start:], line: startLine})
+	}
+	return out
+}
+
+func isDocMarker(l []byte) bool {
+	if !bytes.HasPrefix(l, []byte("---")) {
+		return false
+	}
+	if len(l) == 3 {
+		return true
+	}
+	switch l[3] {
+	case ' ', '\t', '\n', '\r':
+		return true
+	}
+	return false
+}
+
+// decodeChunk parses one document whose first line is file line firstLine.
+func (d *Decoder) decodeChunk(r *Result, file string, data []byte, firstLine int) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		line, msg := yamlErrorLine(err.Error())
+		r.Findings = append(r.Findings, api.Finding{
+			Code:     api.CodeSyntax,
+			Severity: api.SeverityError,
+			File:     file,
+			Line:     firstLine + max(line, 1) - 1,
+			Message:  "malformed YAML: " + msg,
+		})
+		return
+	}
+	if doc.Kind != yaml.DocumentNode || len(doc.Content) == 0 {
+		return // empty document, only comments, or a bare "---"
+	}
+	dd := docDecoder{
+		d:      d,
+		file:   file,
+		offset: firstLine - 1,
+		budget: d.opts.MaxNodes,
+	}
+	dd.decodeRoot(r, doc.Content[0])
+}
+
+// yamlErrorLine extracts the line from yaml.v3's "yaml: line N: msg" errors.
+func yamlErrorLine(s string) (int, string) {
+	s = strings.TrimPrefix(s, "yaml: ")
+	rest, ok := strings.CutPrefix(s, "line ")
+	if !ok {
+		return 0, s
+	}
+	num, msg, ok := strings.Cut(rest, ": ")
+	if !ok {
+		return 0, s
+	}
+	n, err := strconv.Atoi(num)
+	if err != nil {
+		return 0, s
+	}
+	return n, msg
+}
+
+// Hash digests what an object means: kind, identity, labels, annotations and
+// the deterministic protobuf encoding of its spec. Comments, key order and
+// formatting do not change it.
+func Hash(o *api.Object) uint64 {
+	return hashObject(o, nil)
+}
+
+func hashObject(o *api.Object, scratch []byte) uint64 {
+	h := fnv.New64a()
+	write := func(s string) {
+		_, _ = h.Write([]byte(s))
+		_, _ = h.Write([]byte{0})
+	}
+	write(o.Kind.String())
+	write(o.Namespace)
+	write(o.Name)
+	for _, m := range []map[string]string{o.Labels, o.Annotations} {
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			write(k)
+			write(m[k])
+		}
+		write("\x01")
+	}
+	if o.Spec != nil {
+		b, err := proto.MarshalOptions{Deterministic: true}.MarshalAppend(scratch[:0], o.Spec)
+		if err == nil {
+			_, _ = h.Write(b)
+		}
+	}
+	return h.Sum64()
+}
