@@ -21,7 +21,7 @@ type Config struct {
 	PluggedCADir string `mapstructure:"pluggedCADir" doc:"directory with ca-cert.pem, ca-key.pem, root-cert.pem and cert-chain.pem (Istio's cacerts layout); empty: self-signed root kept in the store"`
 	// KeyEncryptionKeyFile, when set, encrypts CA keys in the store with
 	// AES-256-GCM under the 32-byte key in this file.
-	KeyEncryptionKeyFile string `mapstructure:"keyEncryptionKeyFile" doc:"file with a 32-byte key (raw, hex or base64, mode 0600) that encrypts CA keys in the store (AES-256-GCM); empty: keys stored unencrypted in the 0600 store"`
+	KeyEncryptionKeyFile string          `mapstructure:"keyEncryptionKeyFile" doc:"file with a 32-byte key (raw, hex or base64, mode 0600) that encrypts CA keys in the store (AES-256-GCM); empty: keys stored unencrypted in the 0600 store"`
 	Leaf                 LeafConfig      `mapstructure:"leaf"`
 	Serving              ServingConfig   `mapstructure:"serving"`
 	TrustBundleFile      string          `mapstructure:"trustBundleFile" doc:"file the trust bundle (every trusted root, PEM) is written to for the node agent; empty: <dataDir>/citadel/root-cert.pem; \"-\": no file"`

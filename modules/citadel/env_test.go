@@ -23,11 +23,11 @@ import (
 	"github.com/meshd/meshd/modules/citadel/ca"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
-	pb "istio.io/api/security/v1alpha1"
+	bolt "go.etcd.io/bbolt"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
-	bolt "go.etcd.io/bbolt"
+	pb "istio.io/api/security/v1alpha1"
 )
 
 const testTD = "example.org"

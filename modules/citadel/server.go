@@ -10,13 +10,13 @@ import (
 	"time"
 
 	"github.com/meshd/meshd/modules/citadel/ca"
-	pb "istio.io/api/security/v1alpha1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	pb "istio.io/api/security/v1alpha1"
 )
 
 // The errors callers see. They are deliberately opaque: the reason is in
