@@ -9,6 +9,8 @@
 package galley
 
 import (
+	"slices"
+
 	"github.com/meshd/meshd/core"
 	"github.com/meshd/meshd/modules/galley/analyze"
 	"github.com/meshd/meshd/modules/galley/api"
@@ -86,8 +88,27 @@ func (c *Checker) CheckPaths(paths ...string) Result {
 // CheckBytes decodes one file's content and checks it; file names it in
 // findings.
 func (c *Checker) CheckBytes(file string, data []byte) Result {
-	d := c.dec.Decode(file, data)
-	d.Files = []string{file}
+	return c.CheckSources(nil, map[string][]byte{file: data})
+}
+
+// CheckSources checks files and directory trees together with in-memory
+// sources (name to content, such as standard input) as one set, so that
+// references between them resolve.
+func (c *Checker) CheckSources(paths []string, sources map[string][]byte) Result {
+	var d decode.Result
+	if len(paths) > 0 {
+		d = c.dec.LoadPaths(paths...)
+	}
+	names := make([]string, 0, len(sources))
+	for name := range sources {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		one := c.dec.Decode(name, sources[name])
+		one.Files = []string{name}
+		d.Merge(one)
+	}
 	return c.checkDecoded(d)
 }
 

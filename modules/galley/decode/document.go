@@ -272,7 +272,11 @@ func (dd *docDecoder) unsupportedKind(kindN *yaml.Node, group, version, kindName
 		return false
 	}
 	if strings.HasSuffix(group, "istio.io") || group == "" && kindName != "" && suggest(kindName, kindNames()) != "" {
-		dd.errorf(api.CodeUnknownKind, kindN, "kind", "kind %s (%s) is not supported by meshd%s; supported kinds: %s", kindName, group, suggest(kindName, kindNames()), strings.Join(kindNames(), ", "))
+		if s := suggest(kindName, kindNames()); s != "" {
+			dd.errorf(api.CodeUnknownKind, kindN, "kind", "%s is not a kind meshd supports in %s%s", kindName, withGroup(group, version), s)
+		} else {
+			dd.errorf(api.CodeUnknownKind, kindN, "kind", "%s is not a kind meshd supports in %s; supported kinds: %s", kindName, withGroup(group, version), strings.Join(kindNames(), ", "))
+		}
 		return false
 	}
 	dd.report(api.CodeIgnoredKind, api.SeverityWarning, dd.line(kindN), "kind", "%s %s is not an Istio config kind; meshd ignores it", withGroup(group, version), kindName)

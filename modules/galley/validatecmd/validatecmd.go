@@ -1,0 +1,214 @@
+// Package validatecmd implements `meshd validate`: check Istio config files
+// offline, without a running server, and report findings as text or JSON.
+package validatecmd
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meshd/meshd/core"
+	"github.com/meshd/meshd/modules/galley"
+	"github.com/meshd/meshd/modules/galley/api"
+)
+
+// Exit codes of meshd validate.
+const (
+	ExitClean    = 0 // no errors (warnings allowed unless --strict)
+	ExitErrors   = 1 // at least one error
+	ExitWarnings = 2 // warnings only, with --strict
+)
+
+// ExitError ends `meshd validate` with a non-zero exit code. Findings are
+// already printed when it is returned, so its message is empty unless
+// something else went wrong; the caller prints a non-empty message and exits
+// with ExitCode, and never needs os.Exit inside the command.
+type ExitError struct {
+	Code int
+	Msg  string
+}
+
+// Error returns the message, possibly empty.
+func (e *ExitError) Error() string { return e.Msg }
+
+// ExitCode returns the process exit code.
+func (e *ExitError) ExitCode() int { return e.Code }
+
+// options are the command's flags.
+type options struct {
+	output        string
+	strict        bool
+	namespace     string
+	rootNamespace string
+	clusterDomain string
+	mtlsMode      string
+}
+
+// NewValidateCommand returns the `validate` command.
+func NewValidateCommand() *cobra.Command {
+	mesh := core.DefaultMeshConfig()
+	o := &options{}
+	cmd := &cobra.Command{
+		Use:   "validate FILE|DIR...",
+		Short: "Check Istio config files offline: schema, field rules and whole-set analysis",
+		Long: `Validate decodes Istio config (VirtualService, DestinationRule, Gateway,
+ServiceEntry, WorkloadEntry, WorkloadGroup, Sidecar, PeerAuthentication,
+AuthorizationPolicy, RequestAuthentication) from files and directory trees of
+.yaml, .yml and .json files ("-" reads standard input), checks every object
+with Istio's field rules, and analyzes the set as a whole: dangling hosts,
+subsets, gateways and delegates, conflicting VirtualServices and
+DestinationRules, shadowed routes, mTLS contradictions and selectors that
+match nothing. It needs no running server.
+
+Exit status: 0 when there are no errors, 1 when there are errors, 2 when there
+are only warnings and --strict is given.`,
+		Example: `  meshd validate examples/bookstore
+  meshd validate -o json --strict config/ extra.yaml`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return run(cmd.InOrStdin(), cmd.OutOrStdout(), args, o)
+		},
+	}
+	fs := cmd.Flags()
+	fs.StringVarP(&o.output, "output", "o", "text", "output format: text or json")
+	fs.BoolVar(&o.strict, "strict", false, "exit 2 when there are warnings but no errors")
+	fs.StringVarP(&o.namespace, "namespace", "n", api.DefaultNamespace, "namespace of objects that do not name one")
+	fs.StringVar(&o.rootNamespace, "root-namespace", "istio-system", "namespace that holds mesh-wide policies")
+	fs.StringVar(&o.clusterDomain, "cluster-domain", mesh.ClusterDomain, "DNS suffix short host names expand with")
+	fs.StringVar(&o.mtlsMode, "default-mtls-mode", mesh.DefaultMTLSMode, "mTLS mode where no PeerAuthentication applies: STRICT, PERMISSIVE or DISABLE")
+	return cmd
+}
+
+func run(stdin io.Reader, stdout io.Writer, args []string, o *options) error {
+	if o.output != "text" && o.output != "json" {
+		return &ExitError{Code: ExitErrors, Msg: fmt.Sprintf("validate: unknown output format %q; use text or json", o.output)}
+	}
+	mode := strings.ToUpper(o.mtlsMode)
+	switch mode {
+	case core.MTLSStrict, core.MTLSPermissive, core.MTLSDisable:
+	default:
+		return &ExitError{Code: ExitErrors, Msg: fmt.Sprintf("validate: --default-mtls-mode %q must be STRICT, PERMISSIVE or DISABLE", o.mtlsMode)}
+	}
+	mesh := core.DefaultMeshConfig()
+	mesh.ClusterDomain = o.clusterDomain
+	mesh.DefaultMTLSMode = mode
+	checker := galley.New(galley.Options{
+		Mesh:             mesh,
+		DefaultNamespace: o.namespace,
+		RootNamespace:    o.rootNamespace,
+	})
+
+	res, err := check(checker, stdin, args)
+	if err != nil {
+		return &ExitError{Code: ExitErrors, Msg: fmt.Sprintf("validate: %v", err)}
+	}
+	counts := res.Counts()
+	if o.output == "json" {
+		err = writeJSON(stdout, res, counts)
+	} else {
+		err = writeText(stdout, res, counts)
+	}
+	if err != nil {
+		return &ExitError{Code: ExitErrors, Msg: fmt.Sprintf("validate: write output: %v", err)}
+	}
+	switch {
+	case counts.Errors > 0:
+		return &ExitError{Code: ExitErrors}
+	case counts.Warnings > 0 && o.strict:
+		return &ExitError{Code: ExitWarnings}
+	}
+	return nil
+}
+
+// stdinName names standard input in findings.
+const stdinName = "<stdin>"
+
+// check decodes and checks the paths, reading "-" from stdin. Files and
+// stdin are checked as one set so references between them resolve.
+func check(c *galley.Checker, stdin io.Reader, args []string) (galley.Result, error) {
+	var paths []string
+	var stdinData []byte
+	useStdin := false
+	for _, a := range args {
+		if a == "-" {
+			if useStdin {
+				continue
+			}
+			b, err := io.ReadAll(stdin)
+			if err != nil {
+				return galley.Result{}, fmt.Errorf("read standard input: %w", err)
+			}
+			stdinData, useStdin = b, true
+			continue
+		}
+		paths = append(paths, a)
+	}
+	if !useStdin {
+		return c.CheckPaths(paths...), nil
+	}
+	return c.CheckSources(paths, map[string][]byte{stdinName: stdinData}), nil
+}
+
+// summary renders the closing line of text output.
+func summary(res galley.Result, counts api.Counts) string {
+	objects := fmt.Sprintf("%d %s in %d %s", len(res.Objects), plural(len(res.Objects), "object"), len(res.Files), plural(len(res.Files), "file"))
+	if len(res.Findings) == 0 {
+		return objects + ": no problems found"
+	}
+	return fmt.Sprintf("%d %s, %d %s, %d %s; %s",
+		counts.Errors, plural(counts.Errors, "error"),
+		counts.Warnings, plural(counts.Warnings, "warning"),
+		counts.Infos, plural(counts.Infos, "info"),
+		objects)
+}
+
+func plural(n int, word string) string {
+	if n == 1 {
+		return word
+	}
+	return word + "s"
+}
+
+func writeText(w io.Writer, res galley.Result, counts api.Counts) error {
+	var b strings.Builder
+	for _, f := range res.Findings {
+		b.WriteString(f.String())
+		b.WriteByte('\n')
+	}
+	b.WriteString(summary(res, counts))
+	b.WriteByte('\n')
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// jsonReport is the -o json document.
+type jsonReport struct {
+	Files    []string      `json:"files"`
+	Objects  int           `json:"objects"`
+	Summary  api.Counts    `json:"summary"`
+	Findings []api.Finding `json:"findings"`
+}
+
+func writeJSON(w io.Writer, res galley.Result, counts api.Counts) error {
+	rep := jsonReport{
+		Files:    res.Files,
+		Objects:  len(res.Objects),
+		Summary:  counts,
+		Findings: res.Findings,
+	}
+	if rep.Files == nil {
+		rep.Files = []string{}
+	}
+	if rep.Findings == nil {
+		rep.Findings = []api.Finding{}
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(rep); err != nil {
+		return fmt.Errorf("encode json: %w", err)
+	}
+	return nil
+}
