@@ -68,19 +68,28 @@ func Decode(in map[string]any, out any, prefix string) error {
 		return err
 	}
 	if err := dec.Decode(in); err != nil {
-		return &KeyError{Path: prefix, Err: cleanDecodeErr(err)}
+		return decodeErr(err, prefix)
 	}
 	return nil
 }
 
-// cleanDecodeErr keeps mapstructure's message (which names the field) but
-// drops its "decoding failed due to the following error(s):" preamble.
-func cleanDecodeErr(err error) error {
-	msg := err.Error()
-	if i := strings.Index(msg, "\n\n"); i >= 0 {
-		msg = strings.TrimSpace(msg[i+2:])
+// decodeErr turns mapstructure's error into a KeyError on the offending key.
+func decodeErr(err error, prefix string) error {
+	var de *mapstructure.DecodeError
+	if !errors.As(err, &de) {
+		return &KeyError{Path: prefix, Err: err}
 	}
-	return errors.New(msg)
+	path := join(prefix, de.Name())
+	inner := errors.Unwrap(de)
+	var pe *mapstructure.ParseError
+	var ue *mapstructure.UnconvertibleTypeError
+	switch {
+	case errors.As(inner, &pe):
+		return &KeyError{Path: path, Err: fmt.Errorf("invalid value %q: want %s", fmt.Sprint(pe.Value), typeName(pe.Expected.Type()))}
+	case errors.As(inner, &ue):
+		return &KeyError{Path: path, Err: fmt.Errorf("invalid value %q: want %s", fmt.Sprint(ue.Value), typeName(ue.Expected.Type()))}
+	}
+	return &KeyError{Path: path, Err: inner}
 }
 
 // checkKeys walks in against t and reports the first key no field takes,

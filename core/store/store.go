@@ -73,7 +73,8 @@ var migrations = []Migration{
 
 // Options tune Open.
 type Options struct {
-	// LockTimeout bounds the wait for the file lock (default 2 s).
+	// LockTimeout bounds the wait for the file lock (default 1 s, so a second
+	// meshd on the same data dir fails well within 2 s).
 	LockTimeout time.Duration
 	// ReadOnly opens the store without write access, for inspection
 	// commands. It still takes a shared lock.
@@ -90,7 +91,7 @@ type Store struct {
 // holds CA keys) and running pending migrations.
 func Open(dir string, opts Options) (*Store, error) {
 	if opts.LockTimeout <= 0 {
-		opts.LockTimeout = 2 * time.Second
+		opts.LockTimeout = time.Second
 	}
 	if !opts.ReadOnly {
 		if err := os.MkdirAll(dir, 0o700); err != nil {

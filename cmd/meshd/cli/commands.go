@@ -1,0 +1,10 @@
+package cli
+
+import "github.com/spf13/cobra"
+
+// moduleCommands returns the subcommands that modules contribute (validate,
+// status, ca, ...). They are listed here, explicitly, rather than registered
+// from init(), so the command tree is visible in one place.
+func moduleCommands() []*cobra.Command {
+	return nil
+}
