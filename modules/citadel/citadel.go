@@ -82,7 +82,6 @@ type Module struct {
 
 type servingCert struct {
 	cert    *tls.Certificate
-	serial  string
 	root    string    // root ID that signed it
 	renewAt time.Time // half-life
 }
@@ -475,6 +474,11 @@ func (m *Module) publishLocked(notify bool) {
 	}
 }
 
+// authnServing is the ledger's authenticator for the CA's own serving
+// certificates. Only this process holds them, and it renews them when the
+// signer changes, so they never hold back a rotation.
+const authnServing = "self: serving certificate"
+
 // renewServingLocked issues a new serving certificate from the current
 // signer with a fresh P-256 key.
 func (m *Module) renewServingLocked() error {
@@ -496,14 +500,10 @@ func (m *Module) renewServingLocked() error {
 	if err != nil {
 		return fmt.Errorf("serving certificate: %w", err)
 	}
-	rec := certRecord{
+	err = m.server.ledger.record(leaf.Serial, certRecord{
 		Identity: "dns:" + m.cfg.Serving.DNSNames[0], Issued: now.UTC(), NotAfter: leaf.NotAfter,
-		Caller: "meshd", Authenticator: "self: serving certificate", Root: t.signerRoot,
-	}
-	if prev := m.serving.Load(); prev != nil {
-		rec.Renews = prev.serial
-	}
-	err = m.server.ledger.record(leaf.Serial, rec)
+		Caller: "meshd", Authenticator: authnServing, Root: t.signerRoot,
+	})
 	if err != nil {
 		return fmt.Errorf("serving certificate: %w", err)
 	}
@@ -518,7 +518,6 @@ func (m *Module) renewServingLocked() error {
 	life := leaf.NotAfter.Sub(leaf.NotBefore)
 	m.serving.Store(&servingCert{
 		cert:    &tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: parsed},
-		serial:  leaf.Serial,
 		root:    t.signerRoot,
 		renewAt: leaf.NotBefore.Add(life / 2),
 	})

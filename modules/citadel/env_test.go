@@ -101,24 +101,26 @@ func (f *fakeXDS) stop() {
 	}
 }
 
-// fakeXDSModule registers fakeXDS as module "xds" for host-based tests.
+// fakeXDSModule registers fakeXDS as module "xds" for host-based tests
+// (the kill tests' child process).
 type fakeXDSModule struct {
 	*fakeXDS
-	addr  string
-	ready chan string
 }
+
+// childXDS receives the fake xDS server's address in the child process.
+var childXDS chan string
 
 func (*fakeXDSModule) MeshModule() core.ModuleInfo {
 	return core.ModuleInfo{ID: "xds", New: func() core.Module { return &fakeXDSModule{fakeXDS: &fakeXDS{}} }}
 }
 
 func (x *fakeXDSModule) Run(ctx context.Context) error {
-	addr, err := x.serve(x.addr)
+	addr, err := x.serve("127.0.0.1:0")
 	if err != nil {
 		return err
 	}
-	if x.ready != nil {
-		x.ready <- addr
+	if childXDS != nil {
+		childXDS <- addr
 	}
 	<-ctx.Done()
 	x.stop()
@@ -390,3 +392,5 @@ func (e *env) renew(t testing.TB, w *workload, ttl time.Duration) error {
 	w.chain = resp.CertChain
 	return nil
 }
+
+func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }

@@ -80,6 +80,7 @@ func (m *Module) rotateLocked(force bool, reason string, now time.Time) error {
 	st.AckDeadline = now.Add(m.cfg.Rotation.AckTimeout).UTC()
 	st.Force, st.Reason, st.Requested = force, reason, false
 	st.bumpBundle()
+	crashPoint("stage")
 	err = m.ns.Update(func(b *bolt.Bucket) error {
 		roots, err := sub(b, bucketRoots)
 		if err != nil {
@@ -93,6 +94,7 @@ func (m *Module) rotateLocked(force bool, reason string, now time.Time) error {
 	if err != nil {
 		return fmt.Errorf("store next root: %w", err)
 	}
+	crashPoint("staged")
 	m.state = st
 	m.auth[rec.ID] = auth
 	m.publishLocked(true)
@@ -133,6 +135,7 @@ func (m *Module) stepLocked(now time.Time) error {
 		if err := m.ns.Update(func(b *bolt.Bucket) error { return saveState(b, &st) }); err != nil {
 			return err
 		}
+		crashPoint("switched")
 		m.state = st
 		m.publishLocked(true)
 		m.log.Info("root rotation: the next root signs now", "next", st.Next, "proxiesAcked", acked, "proxiesConnected", connected)
@@ -153,6 +156,7 @@ func (m *Module) stepLocked(now time.Time) error {
 		st.Phase, st.Active, st.Next, st.Since = PhaseIdle, st.Next, "", now.UTC()
 		st.Force, st.Reason, st.AckDeadline, st.LastRotation = false, "", time.Time{}, now.UTC()
 		st.bumpBundle()
+		crashPoint("retire")
 		err := m.ns.Update(func(b *bolt.Bucket) error {
 			roots, err := sub(b, bucketRoots)
 			if err != nil {
@@ -178,6 +182,7 @@ func (m *Module) stepLocked(now time.Time) error {
 		if err != nil {
 			return err
 		}
+		crashPoint("retired")
 		m.state = st
 		delete(m.auth, old)
 		m.publishLocked(true)
@@ -188,6 +193,16 @@ func (m *Module) stepLocked(now time.Time) error {
 		return nil
 	}
 	return fmt.Errorf("unknown rotation phase %q", st.Phase)
+}
+
+// crashHook, when set (only by the kill tests' child process), is called at
+// the named points of signing and rotation and kills the process there.
+var crashHook func(point string)
+
+func crashPoint(point string) {
+	if crashHook != nil {
+		crashHook(point)
+	}
 }
 
 // bundleAcks reports how many connected proxies acknowledged bundle version
@@ -231,7 +246,7 @@ func (m *Module) pendingOldLeaves(old string, now time.Time) (int, error) {
 			if rec.Renews != "" {
 				renewed[rec.Renews] = true
 			}
-			if rec.Root == old && rec.NotAfter.After(now) {
+			if rec.Root == old && rec.NotAfter.After(now) && rec.Authenticator != authnServing {
 				pending[string(k)] = true
 			}
 			return nil

@@ -117,6 +117,7 @@ func (s *csrServer) CreateCertificate(ctx context.Context, req *pb.IstioCertific
 	if err != nil {
 		return nil, s.refuse(reasonInternal, errInternal, err, peerAddr, caller)
 	}
+	crashPoint("sign")
 	err = s.ledger.record(leaf.Serial, certRecord{
 		Identity:      caller.Identity,
 		Issued:        start.UTC(),
