@@ -112,7 +112,7 @@ func newConfigCmd(reg *core.Registry) *cobra.Command {
 		},
 	}
 	addConfigFlags(print.Flags())
-	cmd.AddCommand(print)
+	cmd.AddCommand(print, newConfigReferenceCmd(reg))
 	return cmd
 }
 
