@@ -1,0 +1,135 @@
+package server
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/meshd/meshd/xds/api"
+)
+
+// pushQueue merges push requests until the debounce window closes.
+type pushQueue struct {
+	mu          sync.Mutex
+	pending     *api.PushRequest
+	first, last time.Time
+	sig         chan struct{} // 1-slot: "something is pending"
+}
+
+// Push implements api.Pusher. It never blocks.
+func (s *Server) Push(req api.PushRequest) {
+	now := time.Now()
+	s.pq.mu.Lock()
+	if s.pq.pending == nil {
+		s.pq.pending, s.pq.first = &req, now
+	} else {
+		merged := s.pq.pending.Merge(req)
+		s.pq.pending = &merged
+	}
+	s.pq.last = now
+	s.pq.mu.Unlock()
+	select {
+	case s.pq.sig <- struct{}{}:
+	default:
+	}
+}
+
+// pushLoop debounces and runs pushes, one at a time, until ctx ends.
+//
+// A push waits until no request arrived for DebounceQuiet, but no longer
+// than DebounceMax after the first: a burst of changes (a deployment
+// rolling, a file saved twice) becomes one push, and a steady trickle cannot
+// postpone pushes forever. Requests arriving during a push are merged and
+// debounced for the next one.
+func (s *Server) pushLoop(ctx context.Context) {
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.pq.sig:
+		}
+		for s.opts.DebounceQuiet > 0 {
+			s.pq.mu.Lock()
+			first, last := s.pq.first, s.pq.last
+			s.pq.mu.Unlock()
+			now := time.Now()
+			wait := min(last.Add(s.opts.DebounceQuiet).Sub(now), first.Add(s.opts.DebounceMax).Sub(now))
+			if wait <= 0 {
+				break
+			}
+			timer.Reset(wait)
+			select {
+			case <-ctx.Done():
+				timer.Stop()
+				return
+			case <-timer.C:
+			case <-s.pq.sig: // more came in; recompute the wait
+				timer.Stop()
+			}
+		}
+		s.pq.mu.Lock()
+		req, first := s.pq.pending, s.pq.first
+		s.pq.pending = nil
+		s.pq.mu.Unlock()
+		if req == nil {
+			continue
+		}
+		s.m.debounce.Observe(time.Since(first).Seconds())
+		s.cache.push(ctx, *req, first)
+	}
+}
+
+// push runs one push: a full push re-keys every stream and regenerates
+// every group; an incremental one regenerates only the named resources of
+// the named types.
+func (x *xdsCache) push(ctx context.Context, req api.PushRequest, trigger time.Time) {
+	start := time.Now()
+	x.genMu.Lock()
+	defer x.genMu.Unlock()
+	x.mu.Lock()
+	var groups []*group
+	var names map[string][]string
+	kind := "incremental"
+	if req.Full {
+		kind = "full"
+		x.epoch++
+		for _, c := range x.conns {
+			for _, ct := range c.types {
+				x.keyed(c, ct.ts)
+			}
+		}
+		for _, ts := range x.types {
+			for _, g := range ts.groups {
+				groups = append(groups, g)
+			}
+		}
+	} else {
+		names = map[string][]string{}
+		for url, ns := range req.Updates {
+			ts := x.types[url]
+			if ts == nil {
+				continue
+			}
+			names[url] = ns
+			for _, g := range ts.groups {
+				if g.snap != nil {
+					groups = append(groups, g)
+				}
+			}
+		}
+	}
+	x.mu.Unlock()
+	slices.SortFunc(groups, func(a, b *group) int {
+		if a.ts.order != b.ts.order {
+			return a.ts.order - b.ts.order
+		}
+		return strings.Compare(a.key, b.key)
+	})
+	x.s.m.triggers.WithLabelValues(kind).Inc()
+	x.generate(ctx, groups, names, req.Reason, trigger)
+	x.s.log.Debug("xds push done", "kind", kind, "reason", req.Reason, "groups", len(groups), "took", time.Since(start))
+}
