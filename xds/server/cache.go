@@ -10,10 +10,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cespare/xxhash/v2"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
-	"github.com/cespare/xxhash/v2"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -621,11 +621,11 @@ func (r *sotwResp) GetDiscoveryResponse() (*discovery.DiscoveryResponse, error) 
 	}
 	return out, nil
 }
-func (r *sotwResp) GetRequest() *discovery.DiscoveryRequest  { return r.req }
-func (r *sotwResp) GetVersion() (string, error)               { return r.snap.version, nil }
-func (r *sotwResp) GetResponseVersion() string                { return r.snap.version }
-func (r *sotwResp) GetReturnedResources() map[string]string   { return nil }
-func (r *sotwResp) GetContext() context.Context               { return context.Background() }
+func (r *sotwResp) GetRequest() *discovery.DiscoveryRequest { return r.req }
+func (r *sotwResp) GetVersion() (string, error)             { return r.snap.version, nil }
+func (r *sotwResp) GetResponseVersion() string              { return r.snap.version }
+func (r *sotwResp) GetReturnedResources() map[string]string { return nil }
+func (r *sotwResp) GetContext() context.Context             { return context.Background() }
 func (r *sotwResp) count() int {
 	if r.all {
 		return len(r.snap.sorted)
@@ -787,7 +787,7 @@ func (r *deltaResp) GetResponseVersion() string                        { return 
 // proxy has. meshd keeps that itself (the proxy has sentSnap's version of
 // every name it subscribes to), so the map only carries exceptions and
 // starts empty after each response: no per-proxy map of every resource.
-func (r *deltaResp) GetNextVersionMap() map[string]string   { return map[string]string{} }
+func (r *deltaResp) GetNextVersionMap() map[string]string    { return map[string]string{} }
 func (r *deltaResp) GetReturnedResources() map[string]string { return map[string]string{} }
 func (r *deltaResp) GetContext() context.Context             { return context.Background() }
 func (r *deltaResp) count() int {

@@ -44,8 +44,8 @@ import (
 	secretservice "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	gcplog "github.com/envoyproxy/go-control-plane/pkg/log"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -263,15 +263,15 @@ func (x xdsService) DeltaAggregatedResources(st deltaGRPC) error {
 	return x.s.serveDelta(st, resource.AnyType)
 }
 func (x xdsService) StreamClusters(st sotwGRPC) error  { return x.s.serveSotw(st, api.ClusterType) }
-func (x xdsService) DeltaClusters(st deltaGRPC) error   { return x.s.serveDelta(st, api.ClusterType) }
+func (x xdsService) DeltaClusters(st deltaGRPC) error  { return x.s.serveDelta(st, api.ClusterType) }
 func (x xdsService) StreamEndpoints(st sotwGRPC) error { return x.s.serveSotw(st, api.EndpointType) }
-func (x xdsService) DeltaEndpoints(st deltaGRPC) error  { return x.s.serveDelta(st, api.EndpointType) }
+func (x xdsService) DeltaEndpoints(st deltaGRPC) error { return x.s.serveDelta(st, api.EndpointType) }
 func (x xdsService) StreamListeners(st sotwGRPC) error { return x.s.serveSotw(st, api.ListenerType) }
-func (x xdsService) DeltaListeners(st deltaGRPC) error  { return x.s.serveDelta(st, api.ListenerType) }
+func (x xdsService) DeltaListeners(st deltaGRPC) error { return x.s.serveDelta(st, api.ListenerType) }
 func (x xdsService) StreamRoutes(st sotwGRPC) error    { return x.s.serveSotw(st, api.RouteType) }
-func (x xdsService) DeltaRoutes(st deltaGRPC) error     { return x.s.serveDelta(st, api.RouteType) }
+func (x xdsService) DeltaRoutes(st deltaGRPC) error    { return x.s.serveDelta(st, api.RouteType) }
 func (x xdsService) StreamSecrets(st sotwGRPC) error   { return x.s.serveSotw(st, api.SecretType) }
-func (x xdsService) DeltaSecrets(st deltaGRPC) error    { return x.s.serveDelta(st, api.SecretType) }
+func (x xdsService) DeltaSecrets(st deltaGRPC) error   { return x.s.serveDelta(st, api.SecretType) }
 
 func (x xdsService) fetch(ctx context.Context, req *discovery.DiscoveryRequest, typeURL string) (*discovery.DiscoveryResponse, error) {
 	if req == nil {

@@ -174,7 +174,9 @@ func TestSotwWildcardSharedByKey(t *testing.T) {
 			if calls, _ := gen.Calls(); calls != tt.wantCalls {
 				t.Errorf("generator ran %d times, want %d", calls, tt.wantCalls)
 			}
-			eventually(t, "SYNCED", func() bool { return status1(t, s, "sidecar~10.0.0.1~p2.ns1~ns1.svc.cluster.local", api.ClusterType).State == api.Synced })
+			eventually(t, "SYNCED", func() bool {
+				return status1(t, s, "sidecar~10.0.0.1~p2.ns1~ns1.svc.cluster.local", api.ClusterType).State == api.Synced
+			})
 		})
 	}
 }
@@ -344,8 +346,8 @@ func (h *sotwHarness) expect(want ...string) {
 		h.t.Fatalf("got %v, want %v", got, want)
 	}
 }
-func (h *sotwHarness) ack()                  { h.good = h.last.GetVersionInfo(); h.c.Ack(h.last) }
-func (h *sotwHarness) nack(msg string)       { h.c.Nack(h.last, h.good, msg) }
+func (h *sotwHarness) ack()                 { h.good = h.last.GetVersionInfo(); h.c.Ack(h.last) }
+func (h *sotwHarness) nack(msg string)      { h.c.Nack(h.last, h.good, msg) }
 func (h *sotwHarness) none(d time.Duration) { h.c.None(d) }
 
 type deltaHarness struct {
@@ -366,8 +368,8 @@ func (h *deltaHarness) expect(want ...string) {
 		h.t.Fatalf("got %v, want %v", got, want)
 	}
 }
-func (h *deltaHarness) ack()                  { h.c.Ack(h.last) }
-func (h *deltaHarness) nack(msg string)       { h.c.Nack(h.last, msg) }
+func (h *deltaHarness) ack()                 { h.c.Ack(h.last) }
+func (h *deltaHarness) nack(msg string)      { h.c.Nack(h.last, msg) }
 func (h *deltaHarness) none(d time.Duration) { h.c.None(d) }
 
 func TestDelta(t *testing.T) {
