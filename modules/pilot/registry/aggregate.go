@@ -152,6 +152,9 @@ type Aggregate struct {
 // New returns an aggregate. precedence lists source names, highest first;
 // sources it does not name come after, in name order.
 func New(log *slog.Logger, precedence []string) *Aggregate {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	return &Aggregate{
 		log:        log,
 		precedence: slices.Clone(precedence),
