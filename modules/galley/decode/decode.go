@@ -158,11 +158,14 @@ func (d *Decoder) decodeChunk(r *Result, file string, data []byte, firstLine int
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		line, msg := yamlErrorLine(err.Error())
+		// Errors found at the end of the input ("unclosed [") are reported
+		// at the end; the last line with content is the more useful place.
+		line = min(max(line, 1), lastContentLine(data))
 		r.Findings = append(r.Findings, api.Finding{
 			Code:     api.CodeSyntax,
 			Severity: api.SeverityError,
 			File:     file,
-			Line:     firstLine + max(line, 1) - 1,
+			Line:     firstLine + line - 1,
 			Message:  "malformed YAML: " + msg,
 		})
 		return
@@ -179,7 +182,49 @@ func (d *Decoder) decodeChunk(r *Result, file string, data []byte, firstLine int
 	dd.decodeRoot(r, doc.Content[0])
 }
 
-// yamlErrorLine extracts the line from yaml.v3's "yaml: line N: msg" errors.
+// lastContentLine returns the 1-based number of the last line of data that
+// is not blank, or 1.
+func lastContentLine(data []byte) int {
+	last, line := 1, 1
+	blank := true
+	for _, c := range data {
+		switch c {
+		case '\n':
+			if !blank {
+				last = line
+			}
+			line++
+			blank = true
+		case ' ', '\t', '\r':
+		default:
+			blank = false
+		}
+	}
+	if !blank {
+		last = line
+	}
+	return last
+}
+
+// parserProblems are the messages of yaml.v3 parser (as opposed to scanner)
+// errors. yaml.v3 prints their line 0-based and scanner errors' 1-based, so
+// the former need one added.
+var parserProblems = map[string]bool{
+	"did not find expected ',' or ']'":       true,
+	"did not find expected ',' or '}'":       true,
+	"did not find expected '-' indicator":    true,
+	"did not find expected <document start>": true,
+	"did not find expected <stream-start>":   true,
+	"did not find expected key":              true,
+	"did not find expected node content":     true,
+	"found duplicate %TAG directive":         true,
+	"found duplicate %YAML directive":        true,
+	"found incompatible YAML document":       true,
+	"found undefined tag handle":             true,
+}
+
+// yamlErrorLine extracts the 1-based line from yaml.v3's "yaml: line N: msg"
+// errors.
 func yamlErrorLine(s string) (int, string) {
 	s = strings.TrimPrefix(s, "yaml: ")
 	rest, ok := strings.CutPrefix(s, "line ")
@@ -193,6 +238,9 @@ func yamlErrorLine(s string) (int, string) {
 	n, err := strconv.Atoi(num)
 	if err != nil {
 		return 0, s
+	}
+	if parserProblems[msg] {
+		n++
 	}
 	return n, msg
 }
