@@ -53,14 +53,20 @@ func (c *Context) HandleAdmin(pattern string, h http.Handler) {
 	c.host.admin.Handle(pattern, h)
 }
 
-// Dep returns a provisioned module this one declared in Requires. Modules
-// assert the result to an interface from the dependency's api package.
+// Dep returns a provisioned module this one declared in Requires or Uses.
+// Modules assert the result to an interface from the dependency's api
+// package. For a module in Uses that is disabled it returns an error
+// wrapping ErrModuleDisabled.
 func (c *Context) Dep(id ModuleID) (Module, error) {
-	if !slices.Contains(c.info.Requires, id) {
-		return nil, fmt.Errorf("module %s: %s is not in its Requires", c.id, id)
+	required := slices.Contains(c.info.Requires, id)
+	if !required && !slices.Contains(c.info.Uses, id) {
+		return nil, fmt.Errorf("module %s: %s is not in its Requires or Uses", c.id, id)
 	}
 	m, ok := c.host.instance(id)
 	if !ok {
+		if !required {
+			return nil, fmt.Errorf("module %s: %s: %w", c.id, id, ErrModuleDisabled)
+		}
 		return nil, fmt.Errorf("module %s: dependency %s is not provisioned", c.id, id)
 	}
 	return m, nil

@@ -446,11 +446,42 @@ func TestContextDepOnlyDeclared(t *testing.T) {
 	if depErr != nil {
 		t.Fatalf("Dep(a) = %v", depErr)
 	}
-	if undeclaredErr == nil || !strings.Contains(undeclaredErr.Error(), "not in its Requires") {
+	if undeclaredErr == nil || !strings.Contains(undeclaredErr.Error(), "not in its Requires or Uses") {
 		t.Fatalf("Dep(c) = %v, want a Requires error", undeclaredErr)
 	}
 	if typeErr == nil || !strings.Contains(typeErr.Error(), "does not implement") {
 		t.Fatalf("Dep[api](a) = %v, want a type error", typeErr)
+	}
+}
+
+func TestUsesOptionalModules(t *testing.T) {
+	reg := NewRegistry()
+	var order []ModuleID
+	var dis, en error
+	record := func(id ModuleID) func(*Context) error {
+		return func(*Context) error { order = append(order, id); return nil }
+	}
+	register(t, reg, &fakeModule{info: ModuleInfo{ID: "telemetry"}, provision: record("telemetry")})
+	register(t, reg, &fakeModule{info: ModuleInfo{ID: "plugins", DisabledByDefault: true}})
+	register(t, reg, &fakeModule{info: ModuleInfo{ID: "a", Uses: []ModuleID{"telemetry", "plugins"}}, provision: func(c *Context) error {
+		order = append(order, "a")
+		_, en = c.Dep("telemetry")
+		_, dis = c.Dep("plugins")
+		return nil
+	}})
+	h := newTestHost(t, reg, DefaultConfig())
+	if err := h.Provision(); err != nil {
+		t.Fatal(err)
+	}
+	defer h.Cleanup()
+	if !slices.Equal(order, []ModuleID{"telemetry", "a"}) {
+		t.Fatalf("order = %v, want telemetry before its user", order)
+	}
+	if en != nil {
+		t.Fatalf("Dep(enabled used module) = %v", en)
+	}
+	if !errors.Is(dis, ErrModuleDisabled) {
+		t.Fatalf("Dep(disabled used module) = %v, want ErrModuleDisabled", dis)
 	}
 }
 

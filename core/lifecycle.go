@@ -42,5 +42,9 @@ type Readier interface {
 // ErrDependencyCycle is returned when module requirements form a cycle.
 var ErrDependencyCycle = errors.New("module dependency cycle")
 
+// ErrModuleDisabled is returned by Context.Dep for a module listed in Uses
+// that the config leaves disabled.
+var ErrModuleDisabled = errors.New("module disabled")
+
 // ErrNotReady is the generic readiness error for modules still starting.
 var ErrNotReady = errors.New("not ready")

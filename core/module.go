@@ -47,6 +47,11 @@ type ModuleInfo struct {
 	// Requires lists modules that must be provisioned before this one and
 	// cleaned up after it. A required module that is disabled is an error.
 	Requires []ModuleID
+	// Uses lists modules this one works with when they are enabled (pilot
+	// adds telemetry's access-log config when telemetry runs). They are
+	// provisioned first if enabled; Context.Dep returns ErrModuleDisabled
+	// for those that are not.
+	Uses []ModuleID
 	// Config returns a pointer to this module's config filled with its
 	// defaults, or nil when the module takes no config. The host decodes the
 	// module's section strictly over it and hands it out via Context.Config.
@@ -169,7 +174,13 @@ func (r *Registry) Order(ids []ModuleID) ([]ModuleInfo, error) {
 		}
 		state[id] = visiting
 		deps := slices.Clone(info.Requires)
+		for _, u := range info.Uses {
+			if inSet[u] {
+				deps = append(deps, u)
+			}
+		}
 		slices.Sort(deps)
+		deps = slices.Compact(deps)
 		for _, dep := range deps {
 			if err := visit(dep, append(path, id)); err != nil {
 				return err
