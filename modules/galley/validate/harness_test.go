@@ -2,6 +2,7 @@ package validate_test
 
 import (
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/meshd/meshd/modules/galley/api"
@@ -142,3 +143,21 @@ func TestPeerAuthentication(t *testing.T)    { runCases(t, peerAuthenticationCas
 func TestAuthorizationPolicy(t *testing.T)   { runCases(t, authorizationPolicyCases) }
 func TestRequestAuthentication(t *testing.T) { runCases(t, requestAuthenticationCases) }
 func TestMetadata(t *testing.T)              { runCases(t, metadataCases) }
+
+// TestEveryValidationCodeIsTested makes sure no validation code lacks an
+// invalid case.
+func TestEveryValidationCodeIsTested(t *testing.T) {
+	tested := map[api.Code]bool{}
+	for _, cases := range allTables() {
+		for _, c := range cases {
+			for _, e := range galleytest.Expected(c.src) {
+				tested[api.Code(e[:strings.IndexByte(e, '@')])] = true
+			}
+		}
+	}
+	for _, ci := range api.Codes() {
+		if ci.Stage == "validate" && !tested[ci.Code] {
+			t.Errorf("validation code %s (%s) has no test case", ci.Code, ci.Title)
+		}
+	}
+}
