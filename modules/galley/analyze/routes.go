@@ -120,8 +120,17 @@ func checkSubset(ix *index, r *reporter, vs *api.Object, d routeDest, fqdn, subs
 		r.errf(vs, api.CodeUnknownSubset, d.path+".subset", "subset %q of host %s is not defined: no DestinationRule for the host is visible from namespace %s; add one with the subset", subset, d.dest.GetHost(), vs.Namespace)
 		return
 	}
+	names := make([]string, len(drs))
+	for i, dr := range drs {
+		names[i] = nsName(dr.obj)
+	}
+	rules := "DestinationRule " + strings.Join(names, ", ")
+	if len(defined) == 0 {
+		r.errf(vs, api.CodeUnknownSubset, d.path+".subset", "subset %q of host %s is not defined: %s defines no subsets", subset, d.dest.GetHost(), rules)
+		return
+	}
 	slices.Sort(defined)
-	r.errf(vs, api.CodeUnknownSubset, d.path+".subset", "subset %q of host %s is not defined by DestinationRule %s (it defines: %s)", subset, d.dest.GetHost(), nsName(drs[0].obj), strings.Join(defined, ", "))
+	r.errf(vs, api.CodeUnknownSubset, d.path+".subset", "subset %q of host %s is not defined by %s, which defines %s", subset, d.dest.GetHost(), rules, strings.Join(defined, ", "))
 }
 
 // gatewayRef resolves a gateway reference of a VirtualService in namespace

@@ -68,6 +68,10 @@ are only warnings and --strict is given.`,
 		Example: `  meshd validate examples/bookstore
   meshd validate -o json --strict config/ extra.yaml`,
 		Args: cobra.MinimumNArgs(1),
+		// Findings are the output; usage text after them would only bury
+		// them, and the caller prints the error.
+		SilenceUsage:  true,
+		SilenceErrors: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return run(cmd.InOrStdin(), cmd.OutOrStdout(), args, o)
 		},
