@@ -1,0 +1,207 @@
+// Package statuscmd is `meshd status`: the sync state of every connected
+// proxy, read from a running meshd's /debug/syncz, as a table like
+// `istioctl proxy-status`.
+package statuscmd
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meshd/meshd/xds/api"
+)
+
+// ExitError carries the process exit code; the root command turns it into
+// the exit status instead of the command calling os.Exit itself.
+type ExitError struct {
+	Code int
+	Err  error
+}
+
+func (e *ExitError) Error() string { return e.Err.Error() }
+func (e *ExitError) Unwrap() error { return e.Err }
+
+// ExitCode returns the process exit code.
+func (e *ExitError) ExitCode() int { return e.Code }
+
+// NewStatusCommand returns `meshd status`. It exits 1 when any proxy has
+// NACKED config, so scripts and CI can gate on it.
+func NewStatusCommand() *cobra.Command {
+	var admin, output string
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "status [proxy-id-substring]",
+		Short: "Show the xDS sync state of connected proxies (exit 1 if any NACKED)",
+		Long: `Reads /debug/syncz from a running meshd and prints one line per xDS stream:
+its proxy, the proxy type, and for each resource type SYNCED (the last
+response was acknowledged), STALE (sent, not acknowledged yet), NACKED (the
+proxy rejected it and runs its last good config) or NOT SENT. Rejections are
+listed under the table with the proxy's error detail.
+
+The exit status is 1 when any proxy is NACKED.`,
+		Args:          cobra.MaximumNArgs(1),
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			statuses, err := fetch(admin, timeout)
+			if err != nil {
+				return err
+			}
+			if len(args) == 1 {
+				statuses = slices.DeleteFunc(statuses, func(s api.ProxyStatus) bool { return !strings.Contains(s.ID, args[0]) })
+			}
+			w := cmd.OutOrStdout()
+			switch output {
+			case "json":
+				enc := json.NewEncoder(w)
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(statuses); err != nil {
+					return err
+				}
+			case "table", "":
+				if err := Table(w, statuses); err != nil {
+					return err
+				}
+			default:
+				return fmt.Errorf("--output %q: want table or json", output)
+			}
+			if n := nacked(statuses); n > 0 {
+				return &ExitError{Code: 1, Err: fmt.Errorf("%d of %d proxies have NACKED config", n, len(statuses))}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&admin, "admin", "127.0.0.1:15014", "address of meshd's admin server")
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
+	cmd.Flags().DurationVar(&timeout, "timeout", 10*time.Second, "how long to wait for meshd")
+	return cmd
+}
+
+func fetch(admin string, timeout time.Duration) ([]api.ProxyStatus, error) {
+	url := admin
+	if !strings.Contains(url, "://") {
+		url = "http://" + url
+	}
+	url = strings.TrimSuffix(url, "/") + "/debug/syncz"
+	c := &http.Client{Timeout: timeout}
+	resp, err := c.Get(url)
+	if err != nil {
+		return nil, fmt.Errorf("read sync status from meshd (--admin %s): %w", admin, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return nil, fmt.Errorf("GET %s: %s: %s", url, resp.Status, strings.TrimSpace(string(body)))
+	}
+	var out []api.ProxyStatus
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		return nil, fmt.Errorf("GET %s: %w", url, err)
+	}
+	return out, nil
+}
+
+func nacked(statuses []api.ProxyStatus) int {
+	n := 0
+	for _, s := range statuses {
+		if slices.ContainsFunc(s.Types, func(t api.TypeStatus) bool { return t.State == api.Nacked }) {
+			n++
+		}
+	}
+	return n
+}
+
+// columns are the types shown, in push order; other types a proxy watches
+// get a column after these.
+var columns = []string{api.ClusterType, api.ListenerType, api.EndpointType, api.RouteType, api.SecretType}
+
+// Table writes statuses as a table, then the detail of every NACK.
+func Table(w io.Writer, statuses []api.ProxyStatus) error {
+	cols := slices.Clone(columns)
+	for _, s := range statuses {
+		for _, t := range s.Types {
+			if !slices.Contains(cols, t.TypeURL) {
+				cols = append(cols, t.TypeURL)
+			}
+		}
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 3, ' ', 0)
+	hdr := []string{"NAME", "TYPE", "IDENTITY"}
+	for _, c := range cols {
+		hdr = append(hdr, strings.ToUpper(api.ShortType(c)))
+	}
+	fmt.Fprintln(tw, strings.Join(hdr, "\t"))
+	var nacks []string
+	for _, s := range statuses {
+		name := s.ID
+		if multi(statuses, s.ID) {
+			name = s.ConnID
+		}
+		id := s.Identity
+		switch {
+		case id == "":
+			id = "-"
+		case !s.IdentityVerified:
+			id += " (claimed)"
+		}
+		row := []string{name, string(s.Type), id}
+		for _, c := range cols {
+			state := "-"
+			for _, t := range s.Types {
+				if t.TypeURL == c {
+					state = string(t.State)
+					if t.State == api.Nacked && t.LastNack != nil {
+						nacks = append(nacks, fmt.Sprintf("%s %s version %s: %s%s", name, strings.ToUpper(api.ShortType(c)),
+							t.LastNack.Version, oneLine(t.LastNack.Message), resources(t.LastNack.Resources)))
+					}
+				}
+			}
+			row = append(row, state)
+		}
+		fmt.Fprintln(tw, strings.Join(row, "\t"))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(nacks) > 0 {
+		fmt.Fprintln(w, "\nNACKED (each proxy keeps its last good config):")
+		for _, n := range nacks {
+			fmt.Fprintln(w, "  "+n)
+		}
+	}
+	if len(statuses) == 0 {
+		fmt.Fprintln(w, "no proxies connected")
+	}
+	return nil
+}
+
+func multi(statuses []api.ProxyStatus, id string) bool {
+	n := 0
+	for _, s := range statuses {
+		if s.ID == id {
+			n++
+		}
+	}
+	return n > 1
+}
+
+func oneLine(s string) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > 300 {
+		s = s[:300] + "..."
+	}
+	return s
+}
+
+func resources(names []string) string {
+	if len(names) == 0 {
+		return ""
+	}
+	return " (resources: " + strings.Join(names, ", ") + ")"
+}
