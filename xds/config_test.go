@@ -53,4 +53,3 @@ func TestConfig(t *testing.T) {
 		})
 	}
 }
-
