@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/meshd/meshd/core"
 	galleyapi "github.com/meshd/meshd/modules/galley/api"
@@ -84,6 +85,9 @@ type Index struct {
 	sidecars    map[string][]*Sidecar         // by namespace
 	gateways    map[string]*Gateway           // by namespace/name
 	gatewayList []*Gateway
+
+	targetsOnce sync.Once
+	targets     map[string][]Target // by endpoint address, built on first use
 }
 
 // New builds the index. rootNS is the namespace whose DestinationRules and
@@ -242,20 +246,8 @@ func egressAllows(sc *Sidecar, ns, svcNS, host string) bool {
 		return true
 	}
 	for _, l := range listeners {
-		for _, h := range l.GetHosts() {
-			hns, hhost, ok := strings.Cut(h, "/")
-			if !ok {
-				continue
-			}
-			switch hns {
-			case "~":
-				continue
-			case ".":
-				hns = ns
-			}
-			if (hns == "*" || hns == svcNS) && HostMatches(hhost, host) {
-				return true
-			}
+		if EgressHostsAllow(l.GetHosts(), ns, svcNS, host) {
+			return true
 		}
 	}
 	return false

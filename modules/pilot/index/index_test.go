@@ -241,3 +241,38 @@ func TestNames(t *testing.T) {
 		t.Fatalf("Version = %s", ix.Version)
 	}
 }
+
+func TestWorkloadHelpers(t *testing.T) {
+	ix := build(t)
+	targets := ix.ServiceTargets([]string{"127.0.0.2"})
+	if len(targets) != 1 || targets[0].Service.Hostname != "reviews.shop.svc.cluster.local" || targets[0].Port.Number != 9080 {
+		t.Fatalf("targets of 127.0.0.2 = %v", targets)
+	}
+	if got := ix.ServiceTargets([]string{"127.0.0.1", "127.0.0.3", "127.0.0.1"}); len(got) != 2 {
+		t.Fatalf("targets of two addresses = %v", got)
+	}
+	if got := ix.ServiceTargets([]string{"10.9.9.9"}); len(got) != 0 {
+		t.Fatalf("unknown address has targets %v", got)
+	}
+	if vss := ix.MeshVirtualServicesIn("other"); len(vss) != 3 {
+		t.Fatalf("mesh VirtualServices in other = %d", len(vss))
+	}
+	for _, tt := range []struct{ ref, ns, want string }{
+		{"mesh", "a", "mesh"}, {"gw", "a", "a/gw"}, {"b/gw", "a", "b/gw"}, {"gw.b.svc.cluster.local", "a", "b/gw"},
+	} {
+		if got := ix.GatewayName(tt.ref, tt.ns); got != tt.want {
+			t.Errorf("GatewayName(%s, %s) = %s, want %s", tt.ref, tt.ns, got, tt.want)
+		}
+	}
+	hosts := []string{"./a.x", "other/*.y", "~/b.x"}
+	for _, tt := range []struct {
+		ns, svcNS, host string
+		want            bool
+	}{
+		{"p", "p", "a.x", true}, {"p", "q", "a.x", false}, {"p", "other", "c.y", true}, {"p", "p", "b.x", false},
+	} {
+		if got := EgressHostsAllow(hosts, tt.ns, tt.svcNS, tt.host); got != tt.want {
+			t.Errorf("EgressHostsAllow(%s, %s, %s) = %v", tt.ns, tt.svcNS, tt.host, got)
+		}
+	}
+}
