@@ -37,9 +37,13 @@ type index struct {
 	drByHost    map[string][]typed[*networking.DestinationRule]
 	drWildcards []typed[*networking.DestinationRule]
 
-	// workloads by namespace, for selector matching.
-	workloads map[string][]workload
+	// byLabel indexes workloads (for selector matching) by namespace and
+	// label ("" namespace: all), so a selector only scans the workloads
+	// carrying its rarest label rather than the whole namespace.
+	byLabel map[labelKey][]workload
 }
+
+type labelKey struct{ ns, k, v string }
 
 // typed pairs an object with its spec, already type-asserted.
 type typed[T any] struct {
@@ -61,13 +65,13 @@ type workload struct {
 
 func newIndex(objs []*api.Object, opts Options) *index {
 	ix := &index{
-		opts:      opts,
-		objs:      objs,
-		vsByName:  make(map[string]typed[*networking.VirtualService]),
-		gwByName:  make(map[string]typed[*networking.Gateway]),
-		seHosts:   make(map[string][]seHost),
-		drByHost:  make(map[string][]typed[*networking.DestinationRule]),
-		workloads: make(map[string][]workload),
+		opts:     opts,
+		objs:     objs,
+		vsByName: make(map[string]typed[*networking.VirtualService]),
+		gwByName: make(map[string]typed[*networking.Gateway]),
+		seHosts:  make(map[string][]seHost),
+		drByHost: make(map[string][]typed[*networking.DestinationRule]),
+		byLabel:  make(map[labelKey][]workload),
 	}
 	for _, o := range objs {
 		switch s := o.Spec.(type) {
@@ -104,7 +108,7 @@ func newIndex(objs []*api.Object, opts Options) *index {
 			}
 		case *networking.WorkloadEntry:
 			ix.we = append(ix.we, typed[*networking.WorkloadEntry]{o, s})
-			ix.workloads[o.Namespace] = append(ix.workloads[o.Namespace], workload{s.GetLabels(), o})
+			ix.addWorkload(workload{s.GetLabels(), o})
 		case *networking.WorkloadGroup:
 			ix.wg = append(ix.wg, typed[*networking.WorkloadGroup]{o, s})
 			// Workloads that join the group carry the group's metadata
@@ -116,7 +120,7 @@ func newIndex(objs []*api.Object, opts Options) *index {
 			for k, v := range s.GetMetadata().GetLabels() {
 				labels[k] = v
 			}
-			ix.workloads[o.Namespace] = append(ix.workloads[o.Namespace], workload{labels, o})
+			ix.addWorkload(workload{labels, o})
 		case *networking.Sidecar:
 			ix.sc = append(ix.sc, typed[*networking.Sidecar]{o, s})
 		case *security.PeerAuthentication:
@@ -286,23 +290,39 @@ func selects(selector, labels map[string]string) bool {
 	return true
 }
 
+func (ix *index) addWorkload(w workload) {
+	ns := w.obj.Namespace
+	for k, v := range w.labels {
+		ix.byLabel[labelKey{ns, k, v}] = append(ix.byLabel[labelKey{ns, k, v}], w)
+		ix.byLabel[labelKey{"", k, v}] = append(ix.byLabel[labelKey{"", k, v}], w)
+	}
+}
+
+// candidates returns the workloads in ns ("" for all) that carry the
+// selector's rarest label; only they can match it.
+func (ix *index) candidates(ns string, selector map[string]string) []workload {
+	var best []workload
+	first := true
+	for k, v := range selector {
+		list := ix.byLabel[labelKey{ns, k, v}]
+		if first || len(list) < len(best) {
+			best, first = list, false
+		}
+		if len(best) == 0 {
+			break
+		}
+	}
+	return best
+}
+
 // workloadsMatching returns the known workloads in namespace ns (all
 // namespaces when ns is "") that selector selects.
 func (ix *index) workloadsMatching(ns string, selector map[string]string) []workload {
 	var out []workload
-	scan := func(list []workload) {
-		for _, w := range list {
-			if selects(selector, w.labels) {
-				out = append(out, w)
-			}
+	for _, w := range ix.candidates(ns, selector) {
+		if selects(selector, w.labels) {
+			out = append(out, w)
 		}
-	}
-	if ns != "" {
-		scan(ix.workloads[ns])
-		return out
-	}
-	for _, list := range ix.workloads {
-		scan(list)
 	}
 	return out
 }
@@ -310,23 +330,9 @@ func (ix *index) workloadsMatching(ns string, selector map[string]string) []work
 // hasWorkload reports whether selector selects any workload in ns (all
 // namespaces when ns is ""), asking the run-time index too.
 func (ix *index) hasWorkload(ns string, selector map[string]string) bool {
-	scan := func(list []workload) bool {
-		for _, w := range list {
-			if selects(selector, w.labels) {
-				return true
-			}
-		}
-		return false
-	}
-	if ns != "" {
-		if scan(ix.workloads[ns]) {
+	for _, w := range ix.candidates(ns, selector) {
+		if selects(selector, w.labels) {
 			return true
-		}
-	} else {
-		for _, list := range ix.workloads {
-			if scan(list) {
-				return true
-			}
 		}
 	}
 	return ix.opts.Workloads != nil && ix.opts.Workloads.HasWorkload(ns, selector)

@@ -87,6 +87,9 @@ func Decode(file string, data []byte) Result {
 // allowed).
 func (d *Decoder) Decode(file string, data []byte) Result {
 	var r Result
+	// One buffer for the spec encodings that Hash digests, reused by every
+	// document of the call.
+	scratch := make([]byte, 0, 4096)
 	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))
 	if isJSON(file) {
 		// JSON forbids raw tabs inside strings, so every tab is whitespace;
@@ -94,11 +97,11 @@ func (d *Decoder) Decode(file string, data []byte) Result {
 		if bytes.IndexByte(data, '\t') >= 0 {
 			data = bytes.ReplaceAll(data, []byte("\t"), []byte(" "))
 		}
-		d.decodeChunk(&r, file, data, 1)
+		d.decodeChunk(&r, file, data, 1, &scratch)
 		return r
 	}
 	for _, c := range splitDocuments(data) {
-		d.decodeChunk(&r, file, c.data, c.line)
+		d.decodeChunk(&r, file, c.data, c.line, &scratch)
 	}
 	return r
 }
@@ -154,7 +157,7 @@ func isDocMarker(l []byte) bool {
 }
 
 // decodeChunk parses one document whose first line is file line firstLine.
-func (d *Decoder) decodeChunk(r *Result, file string, data []byte, firstLine int) {
+func (d *Decoder) decodeChunk(r *Result, file string, data []byte, firstLine int, scratch *[]byte) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		line, msg := yamlErrorLine(err.Error())
@@ -174,10 +177,11 @@ func (d *Decoder) decodeChunk(r *Result, file string, data []byte, firstLine int
 		return // empty document, only comments, or a bare "---"
 	}
 	dd := docDecoder{
-		d:      d,
-		file:   file,
-		offset: firstLine - 1,
-		budget: d.opts.MaxNodes,
+		d:       d,
+		file:    file,
+		offset:  firstLine - 1,
+		budget:  d.opts.MaxNodes,
+		scratch: scratch,
 	}
 	dd.decodeRoot(r, doc.Content[0])
 }
@@ -249,10 +253,12 @@ func yamlErrorLine(s string) (int, string) {
 // the deterministic protobuf encoding of its spec. Comments, key order and
 // formatting do not change it.
 func Hash(o *api.Object) uint64 {
-	return hashObject(o, nil)
+	var scratch []byte
+	return hashObject(o, &scratch)
 }
 
-func hashObject(o *api.Object, scratch []byte) uint64 {
+// hashObject is Hash with a reusable encoding buffer.
+func hashObject(o *api.Object, scratch *[]byte) uint64 {
 	h := fnv.New64a()
 	write := func(s string) {
 		_, _ = h.Write([]byte(s))
@@ -269,9 +275,10 @@ func hashObject(o *api.Object, scratch []byte) uint64 {
 		write("\x01")
 	}
 	if o.Spec != nil {
-		b, err := proto.MarshalOptions{Deterministic: true}.MarshalAppend(scratch[:0], o.Spec)
+		b, err := proto.MarshalOptions{Deterministic: true}.MarshalAppend((*scratch)[:0], o.Spec)
 		if err == nil {
 			_, _ = h.Write(b)
+			*scratch = b
 		}
 	}
 	return h.Sum64()

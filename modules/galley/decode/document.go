@@ -50,8 +50,8 @@ type docDecoder struct {
 	lines    *api.Lines
 	key      api.Key
 	findings []api.Finding
-	failed   bool // an error finding was reported
-	scratch  []byte
+	failed   bool    // an error finding was reported
+	scratch  *[]byte // shared encoding buffer for hashing
 }
 
 func (dd *docDecoder) line(n *yaml.Node) int {
@@ -314,7 +314,7 @@ func (dd *docDecoder) decodeItems(r *Result, itemsN *yaml.Node) {
 	}
 	dd.flush(r, nil)
 	for _, it := range itemsN.Content {
-		sub := docDecoder{d: dd.d, file: dd.file, offset: dd.offset, budget: dd.budget}
+		sub := docDecoder{d: dd.d, file: dd.file, offset: dd.offset, budget: dd.budget, scratch: dd.scratch}
 		sub.decodeObject(r, it)
 		dd.budget = sub.budget
 	}
