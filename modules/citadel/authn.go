@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/meshd/meshd/modules/citadel/ca"
+	bolt "go.etcd.io/bbolt"
 )
 
 // AuthInput is what an Authenticator may look at, extracted once per
@@ -39,10 +40,13 @@ type Caller struct {
 	// the caller authenticated with it; rotation uses it to know which
 	// leaves of the old root are gone.
 	Renews string
-	// Redeem, when set, is called after the CSR passed every check and
-	// before signing; an error refuses the request. Join tokens spend one
-	// use here, so a refused CSR does not burn a token.
-	Redeem func() error
+	// Spend, when set, runs inside the ledger transaction that records the
+	// certificate this request bought, after the CSR passed every check:
+	// spending the credential and recording the certificate commit
+	// together, and a burst of joins costs one commit per batch. An error
+	// refuses this request alone. Join tokens spend one use here, so a
+	// refused CSR does not burn a token.
+	Spend func(b *bolt.Bucket) error
 }
 
 // ErrNoCredential is returned by an Authenticator when the request carries

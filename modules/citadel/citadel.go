@@ -500,8 +500,8 @@ func (m *Module) renewServingLocked() error {
 	if err != nil {
 		return fmt.Errorf("serving certificate: %w", err)
 	}
-	err = m.server.ledger.record(leaf.Serial, certRecord{
-		Identity: "dns:" + m.cfg.Serving.DNSNames[0], Issued: now.UTC(), NotAfter: leaf.NotAfter,
+	err = m.server.ledger.record(nil, certRecord{
+		Serial: leaf.Serial, Identity: "dns:" + m.cfg.Serving.DNSNames[0], Issued: now.UTC(), NotAfter: leaf.NotAfter,
 		Caller: "meshd", Authenticator: authnServing, Root: t.signerRoot,
 	})
 	if err != nil {

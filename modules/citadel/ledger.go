@@ -24,10 +24,18 @@ type ledger struct {
 }
 
 type ledgerEntry struct {
-	serial string
-	rec    certRecord
-	done   chan ledgerResult
+	spend func(*bolt.Bucket) error
+	rec   certRecord
+	err   error // the entry's own failure (its spend)
+	done  chan ledgerResult
 }
+
+// spendError is a refused credential (Caller.Spend), as opposed to a store
+// failure.
+type spendError struct{ err error }
+
+func (e *spendError) Error() string { return e.err.Error() }
+func (e *spendError) Unwrap() error { return e.err }
 
 type ledgerResult struct {
 	err  error
@@ -36,9 +44,11 @@ type ledgerResult struct {
 
 func newLedger(ns *store.Namespace) *ledger { return &ledger{ns: ns} }
 
-// record stores rec under serial and returns once it is durable.
-func (l *ledger) record(serial string, rec certRecord) error {
-	e := &ledgerEntry{serial: serial, rec: rec, done: make(chan ledgerResult, 1)}
+// record runs spend (when not nil) and stores rec in one transaction, and
+// returns once it is durable. A failed spend is returned as *spendError and
+// stores nothing.
+func (l *ledger) record(spend func(*bolt.Bucket) error, rec certRecord) error {
+	e := &ledgerEntry{spend: spend, rec: rec, done: make(chan ledgerResult, 1)}
 	l.mu.Lock()
 	l.queue = append(l.queue, e)
 	lead := !l.running
@@ -70,14 +80,32 @@ func (l *ledger) commit() {
 			return err
 		}
 		for _, e := range batch {
-			if err := putJSON(certs, []byte(e.serial), &e.rec); err != nil {
+			if e.spend != nil {
+				// A spend checks before it writes, so a refusal leaves
+				// nothing behind and the batch goes on.
+				if err := e.spend(b); err != nil {
+					e.err = &spendError{err}
+					continue
+				}
+			}
+			// Sequential keys append at the right edge of the B+tree, so a
+			// commit rewrites a page or two instead of one page per record.
+			seq, err := certs.NextSequence()
+			if err != nil {
+				return err
+			}
+			if err := putJSON(certs, store.EncodeUint64(seq), &e.rec); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
 	for _, e := range batch {
-		e.done <- ledgerResult{err: err}
+		r := ledgerResult{err: err}
+		if err == nil {
+			r.err = e.err
+		}
+		e.done <- r
 	}
 
 	l.mu.Lock()

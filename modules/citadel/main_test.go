@@ -28,6 +28,13 @@ const (
 )
 
 func TestMain(m *testing.M) {
+	if file := os.Getenv(envBurstFile); file != "" {
+		if err := runBurstClient(file); err != nil {
+			fmt.Fprintln(os.Stderr, "burst client:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if dir := os.Getenv(envChildDir); dir != "" {
 		if err := runChild(dir); err != nil {
 			fmt.Fprintln(os.Stderr, "child:", err)

@@ -115,7 +115,7 @@ func listCerts(b *bolt.Bucket, f CertFilter, now time.Time) ([]CertInfo, error) 
 		if (f.Identity != "" && r.Identity != f.Identity) || (expired && !f.All) {
 			return nil
 		}
-		out = append(out, CertInfo{Serial: string(k), Identity: r.Identity, Issued: r.Issued, NotAfter: r.NotAfter,
+		out = append(out, CertInfo{Serial: r.Serial, Identity: r.Identity, Issued: r.Issued, NotAfter: r.NotAfter,
 			Caller: r.Caller, Authenticator: r.Authenticator, Root: r.Root, Renews: r.Renews, Expired: expired})
 		return nil
 	})

@@ -247,7 +247,7 @@ func (m *Module) pendingOldLeaves(old string, now time.Time) (int, error) {
 				renewed[rec.Renews] = true
 			}
 			if rec.Root == old && rec.NotAfter.After(now) && rec.Authenticator != authnServing {
-				pending[string(k)] = true
+				pending[rec.Serial] = true
 			}
 			return nil
 		})

@@ -98,13 +98,6 @@ func (s *csrServer) CreateCertificate(ctx context.Context, req *pb.IstioCertific
 		}
 		return nil, s.refuse(reason, errRefused, err, peerAddr, caller)
 	}
-	if caller.Redeem != nil {
-		if err := caller.Redeem(); err != nil {
-			s.metrics.authnFailure.Inc()
-			return nil, s.refuse(reasonAuthentication, errUnauthenticated, err, peerAddr, caller)
-		}
-	}
-
 	t := s.trust.Load()
 	ttl := s.ttl(req.GetValidityDuration(), t)
 	leaf, err := t.signer.Issue(&ca.LeafRequest{
@@ -118,7 +111,8 @@ func (s *csrServer) CreateCertificate(ctx context.Context, req *pb.IstioCertific
 		return nil, s.refuse(reasonInternal, errInternal, err, peerAddr, caller)
 	}
 	crashPoint("sign")
-	err = s.ledger.record(leaf.Serial, certRecord{
+	err = s.ledger.record(caller.Spend, certRecord{
+		Serial:        leaf.Serial,
 		Identity:      caller.Identity,
 		Issued:        start.UTC(),
 		NotAfter:      leaf.NotAfter,
@@ -127,7 +121,12 @@ func (s *csrServer) CreateCertificate(ctx context.Context, req *pb.IstioCertific
 		Root:          t.signerRoot,
 		Renews:        caller.Renews,
 	})
-	if err != nil {
+	var spendErr *spendError
+	switch {
+	case errors.As(err, &spendErr):
+		s.metrics.authnFailure.Inc()
+		return nil, s.refuse(reasonAuthentication, errUnauthenticated, spendErr.err, peerAddr, caller)
+	case err != nil:
 		// Not on record, so not handed out.
 		return nil, s.refuse(reasonInternal, errInternal, err, peerAddr, caller)
 	}

@@ -12,10 +12,11 @@ package citadel
 //	                      AES-GCM sealed blob when keyEncryptionKeyFile is set), created
 //	  retired/         roots removed from the bundle by a rotation, without their key
 //	    <root-id>      -> JSON rootRecord (Key empty), kept for audit
-//	  certs/           ledger of issued certificates
-//	    <serial>       -> JSON certRecord: identity, issued, notAfter, caller,
-//	                      authenticator, root ID, and the serial of the client
-//	                      certificate it renews; serial is 32 lowercase hex digits
+//	  certs/           ledger of issued certificates, in issuing order
+//	    <seq>          -> JSON certRecord: serial (32 lowercase hex digits), identity,
+//	                      issued, notAfter, caller, authenticator, root ID, and the
+//	                      serial of the client certificate it renews; seq is the
+//	                      bucket's sequence, uint64 big-endian
 //	  tokens/          join tokens
 //	    <token-id>     -> JSON tokenRecord: SHA-256 of the secret (never the secret),
 //	                      identity, created, expires, maxUses, used, revoked
@@ -149,6 +150,7 @@ type rootRecord struct {
 }
 
 type certRecord struct {
+	Serial        string    `json:"serial"`
 	Identity      string    `json:"identity"`
 	Issued        time.Time `json:"issued"`
 	NotAfter      time.Time `json:"notAfter"`

@@ -179,19 +179,17 @@ func (a *tokenAuthenticator) Authenticate(_ context.Context, in *AuthInput) (*Ca
 	if err != nil {
 		return nil, err
 	}
-	redeem := func() error {
-		return a.ns.Update(func(b *bolt.Bucket) error {
-			rec, err := a.check(b, id, secret) // again, under the write lock
-			if err != nil {
-				return err
-			}
-			rec.Used++
-			rec.LastUsed = a.now().UTC()
-			tokens, _ := sub(b, bucketTokens)
-			return putJSON(tokens, []byte(id), rec)
-		})
+	spend := func(b *bolt.Bucket) error {
+		rec, err := a.check(b, id, secret) // again, under the write lock
+		if err != nil {
+			return err
+		}
+		rec.Used++
+		rec.LastUsed = a.now().UTC()
+		tokens, _ := sub(b, bucketTokens)
+		return putJSON(tokens, []byte(id), rec)
 	}
-	return &Caller{Identity: rec.Identity, Authenticator: a.Name(), Credential: "token " + id, Redeem: redeem}, nil
+	return &Caller{Identity: rec.Identity, Authenticator: a.Name(), Credential: "token " + id, Spend: spend}, nil
 }
 
 // check finds token id and refuses it unless secret matches and it is
