@@ -20,6 +20,7 @@ package index
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -86,6 +87,9 @@ type Index struct {
 	gateways    map[string]*Gateway           // by namespace/name
 	gatewayList []*Gateway
 
+	sourceSelectors   []map[string]string
+	localitySensitive bool
+
 	targetsOnce sync.Once
 	targets     map[string][]Target // by endpoint address, built on first use
 }
@@ -121,6 +125,7 @@ func New(mesh core.MeshConfig, rootNS string, view *registry.View, cfg *galleyap
 		if len(gws) == 0 {
 			gws = []string{MeshGateway}
 		}
+		ix.addSourceSelectors(spec)
 		for _, g := range gws {
 			name := ix.gatewayName(g, o.Namespace)
 			vs.Gateways = append(vs.Gateways, name)
@@ -137,6 +142,9 @@ func New(mesh core.MeshConfig, rootNS string, view *registry.View, cfg *galleyap
 			continue
 		}
 		ix.drs[o.Namespace] = append(ix.drs[o.Namespace], &DestinationRule{Object: o, Spec: spec, Host: ix.ExpandHost(spec.GetHost(), o.Namespace)})
+		if !ix.localitySensitive && usesLocality(spec) {
+			ix.localitySensitive = true
+		}
 	}
 	for o := range cfg.All(galleyapi.KindSidecar) {
 		if spec, ok := o.Spec.(*networking.Sidecar); ok {
@@ -151,6 +159,53 @@ func New(mesh core.MeshConfig, rootNS string, view *registry.View, cfg *galleyap
 		}
 	}
 	return ix
+}
+
+// addSourceSelectors records the distinct sourceLabels selectors of a
+// VirtualService's HTTP matches.
+func (ix *Index) addSourceSelectors(spec *networking.VirtualService) {
+	for _, r := range spec.GetHttp() {
+		for _, m := range r.GetMatch() {
+			sel := m.GetSourceLabels()
+			if len(sel) == 0 {
+				continue
+			}
+			if !slices.ContainsFunc(ix.sourceSelectors, func(s map[string]string) bool { return maps.Equal(s, sel) }) {
+				ix.sourceSelectors = append(ix.sourceSelectors, sel)
+			}
+		}
+	}
+}
+
+// SourceSelectors returns the distinct sourceLabels selectors that HTTP
+// route matches use, in a stable order. Routes built for a proxy depend on
+// its labels only through these, so a generator key needs only which of
+// them a proxy's labels match, not the labels themselves: proxies that
+// differ in unrelated labels keep sharing one generated set.
+func (ix *Index) SourceSelectors() []map[string]string { return ix.sourceSelectors }
+
+// LocalitySensitive reports whether any DestinationRule enables
+// locality-aware load balancing (locality settings or outlier detection, which
+// is what turns on Istio's locality failover). Only then do endpoints depend on
+// the proxy's own locality, so only then must a generator key include it.
+func (ix *Index) LocalitySensitive() bool { return ix.localitySensitive }
+
+func usesLocality(dr *networking.DestinationRule) bool {
+	policies := []*networking.TrafficPolicy{dr.GetTrafficPolicy()}
+	for _, s := range dr.GetSubsets() {
+		policies = append(policies, s.GetTrafficPolicy())
+	}
+	for _, tp := range policies {
+		if tp.GetOutlierDetection() != nil || tp.GetLoadBalancer().GetLocalityLbSetting() != nil {
+			return true
+		}
+		for _, pl := range tp.GetPortLevelSettings() {
+			if pl.GetOutlierDetection() != nil || pl.GetLoadBalancer().GetLocalityLbSetting() != nil {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // ExpandHost turns a short host name into the FQDN it means in namespace

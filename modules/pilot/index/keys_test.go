@@ -1,0 +1,71 @@
+package index
+
+import (
+	"testing"
+
+	"github.com/meshd/meshd/core"
+	galleyapi "github.com/meshd/meshd/modules/galley/api"
+	"github.com/meshd/meshd/modules/galley/decode"
+)
+
+func TestSourceSelectorsAndLocality(t *testing.T) {
+	tests := []struct {
+		name      string
+		yaml      string
+		selectors int
+		locality  bool
+	}{
+		{name: "none", yaml: config, selectors: 0, locality: false},
+		{name: "source labels deduplicated", yaml: `
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: a, namespace: shop}
+spec:
+  hosts: [a]
+  http:
+  - match: [{sourceLabels: {app: x}}, {sourceLabels: {app: y}}]
+    route: [{destination: {host: a}}]
+  - match: [{sourceLabels: {app: x}}]
+    route: [{destination: {host: a}}]
+`, selectors: 2},
+		{name: "outlier detection in a subset", yaml: `
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: a, namespace: shop}
+spec:
+  host: a
+  subsets:
+  - name: v1
+    labels: {v: "1"}
+    trafficPolicy: {outlierDetection: {consecutive5xxErrors: 3}}
+`, locality: true},
+		{name: "locality setting at port level", yaml: `
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: a, namespace: shop}
+spec:
+  host: a
+  trafficPolicy:
+    portLevelSettings:
+    - port: {number: 80}
+      loadBalancer: {localityLbSetting: {enabled: true}}
+`, locality: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := decode.Decode("t.yaml", []byte(tt.yaml))
+			for _, f := range r.Findings {
+				if f.Severity == galleyapi.SeverityError {
+					t.Fatalf("decode: %v", f)
+				}
+			}
+			ix := New(core.DefaultMeshConfig(), "istio-system", nil, galleyapi.NewSnapshot(1, r.Objects))
+			if got := len(ix.SourceSelectors()); got != tt.selectors {
+				t.Errorf("SourceSelectors: %d, want %d", got, tt.selectors)
+			}
+			if got := ix.LocalitySensitive(); got != tt.locality {
+				t.Errorf("LocalitySensitive: %v, want %v", got, tt.locality)
+			}
+		})
+	}
+}
