@@ -1,10 +1,16 @@
 package cli
 
-import "github.com/spf13/cobra"
+import (
+	"github.com/spf13/cobra"
+
+	"github.com/meshd/meshd/modules/galley/validatecmd"
+)
 
 // moduleCommands returns the subcommands that modules contribute (validate,
 // status, ca, ...). They are listed here, explicitly, rather than registered
 // from init(), so the command tree is visible in one place.
 func moduleCommands() []*cobra.Command {
-	return nil
+	return []*cobra.Command{
+		validatecmd.NewValidateCommand(),
+	}
 }
