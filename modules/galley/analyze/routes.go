@@ -1,6 +1,7 @@
 package analyze
 
 import (
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -253,8 +254,11 @@ func checkVSConflicts(ix *index, r *reporter) {
 			}
 		}
 	}
+	// Visit hosts in a fixed order so that, when two VirtualServices share
+	// several hosts, the same one is reported every run.
 	reported := map[[2]api.Key]bool{}
-	for k, cs := range claims {
+	for _, k := range slices.Sorted(maps.Keys(claims)) {
+		cs := claims[k]
 		gk, fq, _ := strings.Cut(k, "|")
 		for i := 1; i < len(cs); i++ {
 			for j := 0; j < i; j++ {
