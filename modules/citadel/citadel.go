@@ -67,7 +67,7 @@ type Module struct {
 	trust   atomic.Pointer[trustSnapshot]
 	serving atomic.Pointer[servingCert]
 	server  *csrServer
-	xds     xdsLink
+	xds     *xdsLink
 
 	kick chan struct{}
 
@@ -348,6 +348,34 @@ func (m *Module) loadCA() error {
 	m.state = *st
 	m.publishLocked(false)
 	return nil
+}
+
+// rootCert finds the certificate of root id: loaded, stored, retired, or
+// from the plugged-in files.
+func (m *Module) rootCert(id string) (*x509.Certificate, error) {
+	if a, ok := m.auth[id]; ok && ca.CertID(a.Root()) == id {
+		return a.Root(), nil
+	}
+	for _, der := range m.state.PluggedRoots {
+		if c, err := x509.ParseCertificate(der); err == nil && ca.CertID(c) == id {
+			return c, nil
+		}
+	}
+	var der []byte
+	err := m.ns.View(func(b *bolt.Bucket) error {
+		for _, name := range [][]byte{bucketRoots, bucketRetired} {
+			var r rootRecord
+			if ok, err := getJSON(b.Bucket(name), []byte(id), &r); err != nil || ok {
+				der = r.Cert
+				return err
+			}
+		}
+		return fmt.Errorf("root %s is not in the store", id)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return x509.ParseCertificate(der)
 }
 
 // newRootRecord encodes a root for the store, sealing its key when a key

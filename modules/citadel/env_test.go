@@ -13,14 +13,13 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
-	"slices"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/meshd/meshd/core"
 	"github.com/meshd/meshd/core/store"
 	"github.com/meshd/meshd/modules/citadel/ca"
+	"github.com/meshd/meshd/xds/server"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	bolt "go.etcd.io/bbolt"
@@ -32,99 +31,65 @@ import (
 
 const testTD = "example.org"
 
-// fakeXDS stands in for the xDS module: it serves the registered services
-// over TLS with the config citadel gives it, on a loopback port, and
-// reports proxies' acknowledged bundles as the test sets them.
-type fakeXDS struct {
+// testXDS is the xDS engine (xds/server) with what the xds module adds
+// around it for citadel: EnableTLS, and serving. It serves the TLS port
+// (xDS and the CSR service) and a plaintext port (xDS only) on loopback.
+type testXDS struct {
+	*server.Server
 	mu      sync.Mutex
 	cfg     *tls.Config
-	regs    []func(grpc.ServiceRegistrar)
-	acks    []uint64 // per fake proxy
-	changed []uint64 // bundle versions citadel announced
-	srv     *grpc.Server
-	lis     net.Listener
+	servers []*grpc.Server
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	plain   string // plaintext xDS address
 }
 
-func (f *fakeXDS) EnableTLS(cfg *tls.Config) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.cfg = cfg
+func newTestXDS() *testXDS {
+	return &testXDS{Server: server.New(server.Options{TrustDomain: testTD, DebounceQuiet: -1, Logger: slog.New(slog.DiscardHandler)})}
+}
+
+func (x *testXDS) EnableTLS(cfg *tls.Config) error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.cfg = cfg.Clone()
 	return nil
 }
 
-func (f *fakeXDS) RegisterService(fn func(grpc.ServiceRegistrar), tlsOnly bool) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.regs = append(f.regs, fn)
-}
-
-func (f *fakeXDS) bundleChanged(t *trustSnapshot) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.changed = append(f.changed, t.version)
-}
-
-func (f *fakeXDS) proxyBundles() []uint64 {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return slices.Clone(f.acks)
-}
-
-func (f *fakeXDS) setAcks(v ...uint64) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.acks = v
-}
-
-// serve starts the TLS gRPC server on addr ("127.0.0.1:0" for any port).
-func (f *fakeXDS) serve(addr string) (string, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	lis, err := net.Listen("tcp", addr)
-	if err != nil {
-		return "", err
+// serve starts both ports and the push loop and returns the TLS address.
+func (x *testXDS) serve() (string, error) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	ctx, cancel := context.WithCancel(context.Background())
+	x.cancel = cancel
+	var addrs []string
+	for _, creds := range []credentials.TransportCredentials{credentials.NewTLS(x.cfg), nil} {
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return "", err
+		}
+		g := x.NewGRPCServer(creds)
+		x.servers = append(x.servers, g)
+		x.wg.Go(func() { g.Serve(lis) })
+		addrs = append(addrs, lis.Addr().String())
 	}
-	f.lis = lis
-	f.srv = grpc.NewServer(grpc.Creds(credentials.NewTLS(f.cfg)))
-	for _, r := range f.regs {
-		r(f.srv)
-	}
-	go f.srv.Serve(lis)
-	return lis.Addr().String(), nil
+	x.plain = addrs[1]
+	x.wg.Go(func() { x.Run(ctx) })
+	return addrs[0], nil
 }
 
-func (f *fakeXDS) stop() {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.srv != nil {
-		f.srv.Stop()
+func (x *testXDS) stop() {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.cancel == nil {
+		return
 	}
-}
-
-// fakeXDSModule registers fakeXDS as module "xds" for host-based tests
-// (the kill tests' child process).
-type fakeXDSModule struct {
-	*fakeXDS
-}
-
-// childXDS receives the fake xDS server's address in the child process.
-var childXDS chan string
-
-func (*fakeXDSModule) MeshModule() core.ModuleInfo {
-	return core.ModuleInfo{ID: "xds", New: func() core.Module { return &fakeXDSModule{fakeXDS: &fakeXDS{}} }}
-}
-
-func (x *fakeXDSModule) Run(ctx context.Context) error {
-	addr, err := x.serve("127.0.0.1:0")
-	if err != nil {
-		return err
+	x.cancel()
+	x.Stop()
+	for _, g := range x.servers {
+		g.Stop()
 	}
-	if childXDS != nil {
-		childXDS <- addr
-	}
-	<-ctx.Done()
-	x.stop()
-	return nil
+	x.wg.Wait()
+	x.cancel = nil
 }
 
 // syncBuffer is a goroutine-safe log sink.
@@ -151,7 +116,7 @@ type env struct {
 	dir  string
 	st   *store.Store
 	m    *Module
-	x    *fakeXDS
+	x    *testXDS
 	addr string
 	reg  *prometheus.Registry
 	logs *syncBuffer
@@ -190,7 +155,7 @@ func startEnv(t testing.TB, dir string, mutate func(*Config)) (*env, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &env{t: t, dir: dir, st: st, m: new(Module), x: &fakeXDS{}, reg: prometheus.NewRegistry(), logs: &syncBuffer{}, cfg: cfg}
+	e := &env{t: t, dir: dir, st: st, m: new(Module), x: newTestXDS(), reg: prometheus.NewRegistry(), logs: &syncBuffer{}, cfg: cfg}
 	err = e.m.setup(deps{
 		cfg: cfg, log: slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		ns: st.Module(string(ID)), metrics: e.reg, trustDomain: testTD, dataDir: dir, now: time.Now,
@@ -202,7 +167,7 @@ func startEnv(t testing.TB, dir string, mutate func(*Config)) (*env, error) {
 		st.Close()
 		return nil, err
 	}
-	if e.addr, err = e.x.serve("127.0.0.1:0"); err != nil {
+	if e.addr, err = e.x.serve(); err != nil {
 		st.Close()
 		return nil, err
 	}

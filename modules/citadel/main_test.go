@@ -15,6 +15,7 @@ import (
 
 	"github.com/meshd/meshd/core"
 	"github.com/meshd/meshd/core/store"
+	"github.com/meshd/meshd/xds"
 	"go.uber.org/goleak"
 )
 
@@ -45,6 +46,26 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
+// probeModule reports the xDS TLS address the child's meshd bound.
+type probeModule struct{}
+
+func (*probeModule) MeshModule() core.ModuleInfo {
+	return core.ModuleInfo{ID: "citadel.probe", New: func() core.Module { return new(probeModule) },
+		Requires: []core.ModuleID{"xds", ID}}
+}
+
+// childXDS receives the xDS TLS address in the child process.
+var childXDS chan string
+
+func (*probeModule) Provision(ctx *core.Context) error {
+	x, err := core.Dep[*xds.Module](ctx, "xds")
+	if err != nil {
+		return err
+	}
+	childXDS <- x.TLSAddr().String()
+	return nil
+}
+
 // childInfo is what the child tells its parent.
 type childInfo struct {
 	XDS   string `json:"xds"`
@@ -71,13 +92,19 @@ func runChild(dir string) error {
 	if err := reg.Add(new(Module)); err != nil {
 		return err
 	}
-	if err := reg.Add(&fakeXDSModule{}); err != nil {
+	if err := reg.Add(new(xds.Module)); err != nil {
+		return err
+	}
+	if err := reg.Add(new(probeModule)); err != nil {
 		return err
 	}
 	cfg := core.DefaultConfig()
 	cfg.DataDir = dir
 	cfg.Mesh.TrustDomain = testTD
-	cfg.Modules = map[string]map[string]any{"citadel": section}
+	cfg.Modules = map[string]map[string]any{
+		"citadel": section,
+		"xds":     {"address": "127.0.0.1:0", "tlsAddress": "127.0.0.1:0"},
+	}
 	st, err := store.Open(dir, store.Options{})
 	if err != nil {
 		return err
