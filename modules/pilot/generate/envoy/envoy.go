@@ -1,0 +1,130 @@
+// Package envoy builds what Envoy sidecars and gateways receive that
+// proxyless gRPC clients do not: listeners (LDS), route configurations
+// (RDS), and the few clusters only Envoy needs (PassthroughCluster,
+// BlackHoleCluster, InboundPassthroughCluster, and the inbound|PORT||
+// clusters of the workload's own ports). The outbound|PORT|SUBSET|HOST
+// clusters and their endpoints come from pilot's shared generators; the
+// listeners and routes here refer to them by name only.
+//
+// Names and shapes follow Istio's, so an Istio user reading Envoy's
+// /debug/config_dump finds what they know (docs/envoy-output.md):
+//
+//   - sidecars: virtualOutbound on 15001 with original-destination
+//     handling and a passthrough or blackhole default; 0.0.0.0_<port>
+//     listeners per outbound HTTP port using RDS route "<port>", TCP proxy
+//     listeners per TCP port (<vip>_<port> for services with an address),
+//     SNI filter chains for TLS ports; virtualInbound on 15006 with one
+//     filter chain per workload port;
+//   - gateways: one listener per Gateway server port, 0.0.0.0_<port>, with
+//     http.<port> and https.<port>.<port name>.<gateway>.<namespace> route
+//     configurations, TLS termination with SDS secrets named after
+//     credentialName, SNI passthrough and TCP.
+//
+// A Generator is safe for concurrent use; every call reads only the index
+// and the proxy. What each call reads from the proxy is listed at Key.
+package envoy
+
+import (
+	"cmp"
+	"slices"
+	"strings"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+
+	"github.com/meshd/meshd/modules/pilot/index"
+	"github.com/meshd/meshd/xds/api"
+)
+
+// Options configure a Generator.
+type Options struct {
+	// Routes translates VirtualService http rules. Nil uses a minimal
+	// built-in translation (URI matches and weighted destinations) that
+	// stands in until pilot's full translation is plugged in.
+	Routes RouteTranslator
+	// Extensions implement any of the *Extension interfaces of this
+	// package; they add filters and settings to every chain they apply to.
+	Extensions []any
+}
+
+// Generator builds Envoy listeners, routes and clusters.
+type Generator struct {
+	routes RouteTranslator
+	ext    []any
+}
+
+// New returns a Generator.
+func New(opts Options) *Generator {
+	g := &Generator{routes: opts.Routes, ext: slices.Clone(opts.Extensions)}
+	if g.routes == nil {
+		g.routes = basicRoutes{}
+	}
+	return g
+}
+
+var defaultGenerator = New(Options{})
+
+// Listeners returns the listeners of a sidecar or gateway proxy, built by
+// a Generator without extensions.
+func Listeners(ix *index.Index, p *api.Proxy) []*listenerv3.Listener {
+	return defaultGenerator.Listeners(ix, p)
+}
+
+// Routes returns the route configurations of a sidecar or gateway proxy,
+// built by a Generator without extensions.
+func Routes(ix *index.Index, p *api.Proxy) []*routev3.RouteConfiguration {
+	return defaultGenerator.Routes(ix, p)
+}
+
+// ExtraClusters returns the clusters only Envoy proxies need.
+func ExtraClusters(ix *index.Index, p *api.Proxy) []*clusterv3.Cluster {
+	return defaultGenerator.Clusters(ix, p)
+}
+
+// Listeners returns p's listeners, sorted by name. Proxyless clients get
+// none from here.
+func (g *Generator) Listeners(ix *index.Index, p *api.Proxy) []*listenerv3.Listener {
+	var out []*listenerv3.Listener
+	switch p.Type {
+	case api.Sidecar:
+		out = g.sidecarListeners(newSidecarView(ix, p))
+	case api.Gateway:
+		out = g.gatewayListeners(mergeGateways(ix, p))
+	}
+	slices.SortFunc(out, func(a, b *listenerv3.Listener) int { return strings.Compare(a.GetName(), b.GetName()) })
+	return out
+}
+
+// Routes returns p's route configurations, sorted by name: exactly those
+// its listeners refer to.
+func (g *Generator) Routes(ix *index.Index, p *api.Proxy) []*routev3.RouteConfiguration {
+	var out []*routev3.RouteConfiguration
+	switch p.Type {
+	case api.Sidecar:
+		out = g.sidecarRoutes(newSidecarView(ix, p))
+	case api.Gateway:
+		out = g.gatewayRoutes(mergeGateways(ix, p))
+	}
+	slices.SortFunc(out, func(a, b *routev3.RouteConfiguration) int { return strings.Compare(a.GetName(), b.GetName()) })
+	return out
+}
+
+// Clusters returns the clusters only Envoy proxies need, sorted by name:
+// PassthroughCluster and BlackHoleCluster for every Envoy, and for
+// sidecars InboundPassthroughCluster and one inbound|PORT|| cluster per
+// workload port.
+func (g *Generator) Clusters(ix *index.Index, p *api.Proxy) []*clusterv3.Cluster {
+	if p.Type != api.Sidecar && p.Type != api.Gateway {
+		return nil
+	}
+	out := []*clusterv3.Cluster{passthroughCluster(), blackHoleCluster()}
+	if p.Type == api.Sidecar {
+		out = append(out, inboundPassthroughCluster())
+		for _, in := range inboundPorts(ix, p) {
+			out = append(out, inboundCluster(in))
+		}
+	}
+	slices.SortFunc(out, func(a, b *clusterv3.Cluster) int { return cmp.Compare(a.GetName(), b.GetName()) })
+	return out
+}
