@@ -1,0 +1,254 @@
+package generate
+
+import (
+	"cmp"
+	"slices"
+	"strconv"
+	"strings"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+	networking "istio.io/api/networking/v1alpha3"
+
+	"github.com/meshd/meshd/modules/pilot/index"
+	"github.com/meshd/meshd/modules/pilot/model"
+)
+
+// TLSModeLabel is the workload label Istio uses to say a workload accepts
+// Istio mTLS; auto mTLS sends mTLS only to endpoints that carry it.
+const TLSModeLabel = "security.istio.io/tlsMode"
+
+// transportSocketMatchKey is the endpoint metadata filter Envoy matches
+// transport_socket_matches against.
+const transportSocketMatchKey = "envoy.transport_socket_match"
+
+// LoadAssignments returns the ClusterLoadAssignments for the proxy: one
+// per EDS cluster it sees when names is nil, otherwise one for each name
+// that is an EDS cluster it sees (other names are left out, which tells the
+// xDS server they do not exist for this proxy).
+func LoadAssignments(s *Scope, names []string) []*endpointv3.ClusterLoadAssignment {
+	if names == nil {
+		refs := s.ClusterRefs()
+		out := make([]*endpointv3.ClusterLoadAssignment, 0, len(refs))
+		for _, r := range refs {
+			if r.EDS() {
+				out = append(out, LoadAssignment(s, r))
+			}
+		}
+		slices.SortFunc(out, func(a, b *endpointv3.ClusterLoadAssignment) int { return strings.Compare(a.ClusterName, b.ClusterName) })
+		return out
+	}
+	out := make([]*endpointv3.ClusterLoadAssignment, 0, len(names))
+	for _, n := range names {
+		if r, ok := s.ClusterRef(n); ok && r.EDS() {
+			out = append(out, LoadAssignment(s, r))
+		}
+	}
+	return out
+}
+
+// LoadAssignment returns the endpoints of one cluster. A cluster without
+// endpoints gets an assignment with no localities, which Envoy and grpc-go
+// both take as "no healthy upstream" rather than an error.
+func LoadAssignment(s *Scope, r ClusterRef) *endpointv3.ClusterLoadAssignment {
+	eps := index.SubsetEndpoints(r.Service, r.Port.Number, r.Subset)
+	return &endpointv3.ClusterLoadAssignment{ClusterName: r.Name, Endpoints: localityGroups(s, r, eps, s.Policy(r))}
+}
+
+type localityGroup struct {
+	loc      model.Locality
+	key      string
+	lbs      []*endpointv3.LbEndpoint
+	weight   uint64 // sum of endpoint weights
+	priority uint32
+}
+
+// localityGroups groups endpoints by locality. Every group has a locality
+// (possibly empty) and a non-zero weight, since grpc-go silently drops a
+// locality without weight and rejects a group without locality. Locality
+// weights are the sum of endpoint weights unless a distribute rule sets
+// them; priorities implement locality failover when the policy asks for it.
+func localityGroups(s *Scope, r ClusterRef, eps []*model.Endpoint, tp *networking.TrafficPolicy) []*endpointv3.LocalityLbEndpoints {
+	if len(eps) == 0 {
+		return nil
+	}
+	seen := make(map[string]struct{}, len(eps))
+	var groups []*localityGroup
+	byKey := map[string]*localityGroup{}
+	for _, e := range eps {
+		addr := e.Address + ":" + strconv.FormatUint(uint64(e.Port), 10)
+		if _, dup := seen[addr]; dup {
+			continue // grpc-go rejects an assignment listing one address twice
+		}
+		seen[addr] = struct{}{}
+		k := e.Locality.String()
+		g := byKey[k]
+		if g == nil {
+			g = &localityGroup{loc: e.Locality, key: k}
+			byKey[k] = g
+			groups = append(groups, g)
+		}
+		g.lbs = append(g.lbs, lbEndpoint(s, e))
+		g.weight += uint64(e.LBWeight())
+	}
+	slices.SortFunc(groups, func(a, b *localityGroup) int { return strings.Compare(a.key, b.key) })
+
+	lb := tp.GetLoadBalancer()
+	weights := distribute(s, lb, groups)
+	if weights == nil && tp.GetOutlierDetection() != nil && localityLBEnabled(lb) && s.Locality.Region != "" {
+		failoverPriorities(s, lb.GetLocalityLbSetting(), groups)
+	}
+
+	out := make([]*endpointv3.LocalityLbEndpoints, 0, len(groups))
+	for i, g := range groups {
+		w := g.weight
+		if weights != nil {
+			w = uint64(weights[i])
+			if w == 0 {
+				continue // not a destination of the distribute rule
+			}
+		}
+		out = append(out, &endpointv3.LocalityLbEndpoints{
+			Locality:            &corev3.Locality{Region: g.loc.Region, Zone: g.loc.Zone, SubZone: g.loc.Subzone},
+			LbEndpoints:         g.lbs,
+			LoadBalancingWeight: wrapperspb.UInt32(uint32(min(max(w, 1), 1<<31))),
+			Priority:            g.priority,
+		})
+	}
+	return out
+}
+
+func lbEndpoint(s *Scope, e *model.Endpoint) *endpointv3.LbEndpoint {
+	lb := &endpointv3.LbEndpoint{
+		HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+			Address: SocketAddress(e.Address, e.Port),
+		}},
+		LoadBalancingWeight: wrapperspb.UInt32(e.LBWeight()),
+	}
+	switch e.Health {
+	case model.Unhealthy:
+		lb.HealthStatus = corev3.HealthStatus_UNHEALTHY
+	case model.Draining:
+		lb.HealthStatus = corev3.HealthStatus_DRAINING
+	default:
+		lb.HealthStatus = corev3.HealthStatus_HEALTHY
+	}
+	if s.Flavor == Envoy && e.Labels[TLSModeLabel] == "istio" {
+		lb.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
+			transportSocketMatchKey: {Fields: map[string]*structpb.Value{"tlsMode": structpb.NewStringValue("istio")}},
+		}}
+	}
+	return lb
+}
+
+// SocketAddress returns a TCP socket address.
+func SocketAddress(addr string, port uint32) *corev3.Address {
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Protocol:      corev3.SocketAddress_TCP,
+		Address:       addr,
+		PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port},
+	}}}
+}
+
+// distribute applies the first locality distribute rule whose "from"
+// matches the proxy's locality: each "to" entry's weight is shared by the
+// localities it matches in proportion to their endpoint counts, and
+// localities no entry matches get no traffic. It returns nil when no rule
+// applies.
+func distribute(s *Scope, lb *networking.LoadBalancerSettings, groups []*localityGroup) []uint32 {
+	if !localityLBEnabled(lb) {
+		return nil
+	}
+	var rule *networking.LocalityLoadBalancerSetting_Distribute
+	for _, d := range lb.GetLocalityLbSetting().GetDistribute() {
+		if LocalityMatches(d.GetFrom(), s.Locality) {
+			rule = d
+			break
+		}
+	}
+	if rule == nil {
+		return nil
+	}
+	weights := make([]uint32, len(groups))
+	taken := make([]bool, len(groups))
+	for _, to := range sortedKeys(rule.GetTo()) {
+		w := rule.GetTo()[to]
+		var idx []int
+		total := 0
+		for i, g := range groups {
+			if !taken[i] && LocalityMatches(to, g.loc) {
+				idx = append(idx, i)
+				total += len(g.lbs)
+			}
+		}
+		for _, i := range idx {
+			taken[i] = true
+			if w > 0 {
+				weights[i] = max(1, uint32(uint64(w)*uint64(len(groups[i].lbs))/uint64(total)))
+			}
+		}
+	}
+	return weights
+}
+
+// failoverPriorities sets Istio's locality failover priorities relative to
+// the proxy: same subzone first, then same zone, same region, the region
+// named by a failover rule for the proxy's region, and everything else.
+// Unused levels are squeezed out, since grpc-go rejects gaps.
+func failoverPriorities(s *Scope, ll *networking.LocalityLoadBalancerSetting, groups []*localityGroup) {
+	failoverTo := ""
+	for _, f := range ll.GetFailover() {
+		if f.GetFrom() == s.Locality.Region {
+			failoverTo = f.GetTo()
+			break
+		}
+	}
+	p := s.Locality
+	for _, g := range groups {
+		l := g.loc
+		switch {
+		case l.Region == p.Region && l.Zone == p.Zone && l.Subzone == p.Subzone:
+			g.priority = 0
+		case l.Region == p.Region && l.Zone == p.Zone:
+			g.priority = 1
+		case l.Region == p.Region:
+			g.priority = 2
+		case failoverTo != "" && l.Region == failoverTo:
+			g.priority = 3
+		default:
+			g.priority = 4
+		}
+	}
+	used := make([]uint32, 0, 5)
+	for _, g := range groups {
+		if !slices.Contains(used, g.priority) {
+			used = append(used, g.priority)
+		}
+	}
+	slices.SortFunc(used, cmp.Compare)
+	for _, g := range groups {
+		g.priority = uint32(slices.Index(used, g.priority))
+	}
+}
+
+// LocalityMatches reports whether locality l matches pattern, Istio's
+// region/zone/subzone form where "*" matches anything from that level down
+// and a missing level matches any value.
+func LocalityMatches(pattern string, l model.Locality) bool {
+	if pattern == "" {
+		return false
+	}
+	parts := strings.SplitN(pattern, "/", 3)
+	have := []string{l.Region, l.Zone, l.Subzone}
+	for i, p := range parts {
+		if p == "*" {
+			return true
+		}
+		if p != have[i] {
+			return false
+		}
+	}
+	return true
+}
