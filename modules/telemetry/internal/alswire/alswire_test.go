@@ -36,13 +36,13 @@ type entryView struct {
 	Intermediate                                             bool
 	Type                                                     int32
 
-	Protocol, Method                        int32
-	Authority, Path, UserAgent, RequestID   string
-	ReqBody, RespBody                       uint64
-	Code                                    uint32
-	HasCode                                 bool
-	GRPCStatus                              *string
-	Received, Sent                          uint64
+	Protocol, Method                      int32
+	Authority, Path, UserAgent, RequestID string
+	ReqBody, RespBody                     uint64
+	Code                                  uint32
+	HasCode                               bool
+	GRPCStatus                            *string
+	Received, Sent                        uint64
 }
 
 func ptr(b []byte) *string {
