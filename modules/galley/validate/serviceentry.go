@@ -214,8 +214,10 @@ func (c *checker) workloadEntry(we *networking.WorkloadEntry) {
 		c.port(p, we.GetPorts()[name])
 	}
 	c.labels("spec.labels", we.GetLabels(), api.CodeWorkload)
+	// Istio does not check the name, so this is a warning; but an identity
+	// with such a name cannot be matched by service-account rules.
 	if sa := we.GetServiceAccount(); sa != "" && !isK8sSubdomain(sa) {
-		c.errf(api.CodeWorkload, "spec.serviceAccount", "serviceAccount %q is not a valid name", sa)
+		c.warnf(api.CodeWorkload, "spec.serviceAccount", "serviceAccount %q is not a valid service account name (lowercase letters, digits, '-' and '.')", sa)
 	}
 }
 
