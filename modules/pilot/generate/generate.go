@@ -304,6 +304,10 @@ func (s *Scope) destination(d *networking.Destination, ns string, port uint32) (
 	return index.ClusterName(p, d.GetSubset(), host), svc
 }
 
+// HostAliases returns the names a client in the scope's namespace may use
+// for svc on port; see hostAliases.
+func HostAliases(s *Scope, svc *model.Service, port uint32) []string { return s.hostAliases(svc, port) }
+
 // hostAliases returns the names a client may use for svc on port from the
 // proxy's namespace: the FQDN, and for Kubernetes-style names
 // (name.ns.svc.<domain>) the shorter name.ns.svc, name.ns and, in the

@@ -8,37 +8,18 @@ import (
 	"path/filepath"
 	"testing"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/meshd/meshd/core"
-	galleyapi "github.com/meshd/meshd/modules/galley/api"
-	"github.com/meshd/meshd/modules/galley/decode"
 	"github.com/meshd/meshd/modules/pilot/index"
-	"github.com/meshd/meshd/modules/pilot/registry"
+	"github.com/meshd/meshd/modules/pilot/internal/pilottest"
 	xdsapi "github.com/meshd/meshd/xds/api"
 )
 
 var update = flag.Bool("update", os.Getenv("UPDATE_GOLDEN") != "", "rewrite golden files")
 
-// buildIndex decodes YAML into an index the way the pilot module does:
-// registry services from ServiceEntries and WorkloadEntries, config from
-// the same snapshot, Istio's root namespace.
-func buildIndex(t testing.TB, yaml string) *index.Index {
-	t.Helper()
-	r := decode.Decode("test.yaml", []byte(yaml))
-	for _, f := range r.Findings {
-		if f.Severity == galleyapi.SeverityError {
-			t.Fatalf("decode: %v", f)
-		}
-	}
-	snap := galleyapi.NewSnapshot(1, r.Objects)
-	agg := registry.New(nil, nil)
-	agg.SinkFor(registry.SourceConfig).Update(registry.State{Services: registry.BuildServices(snap, nil)})
-	return index.New(core.DefaultMeshConfig(), "istio-system", agg.View(), snap)
-}
+func buildIndex(t testing.TB, yaml string) *index.Index { return pilottest.Index(t, yaml) }
 
 func meshIndex(t testing.TB) *index.Index {
 	t.Helper()
@@ -49,30 +30,7 @@ func meshIndex(t testing.TB) *index.Index {
 	return buildIndex(t, string(b))
 }
 
-// proxy returns a proxy of type typ in namespace ns with labels and an
-// optional locality.
-func proxy(typ xdsapi.ProxyType, ns string, labels map[string]string, locality string) *xdsapi.Proxy {
-	p := &xdsapi.Proxy{ID: "test", Type: typ, Namespace: ns, Labels: labels, Node: &corev3.Node{Id: "test"}}
-	if locality != "" {
-		var l corev3.Locality
-		parts := append(splitN(locality), "", "", "")
-		l.Region, l.Zone, l.SubZone = parts[0], parts[1], parts[2]
-		p.Node.Locality = &l
-	}
-	return p
-}
-
-func splitN(s string) []string {
-	var out []string
-	start := 0
-	for i := 0; i < len(s); i++ {
-		if s[i] == '/' {
-			out = append(out, s[start:i])
-			start = i + 1
-		}
-	}
-	return append(out, s[start:])
-}
+var proxy = pilottest.Proxy
 
 // validatable is every Envoy message: go-control-plane generates
 // ValidateAll for each.
