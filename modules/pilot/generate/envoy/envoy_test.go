@@ -123,16 +123,17 @@ func TestGolden(t *testing.T) {
 // validation, Envoy's own consistency rules, and references.
 func checkOutput(t *testing.T, ix *index.Index, p *api.Proxy, out output) {
 	t.Helper()
+	var problems []string
 	for _, l := range out.listeners {
-		validateDeep(t, "listener "+l.GetName(), l)
+		problems = append(problems, validateDeep("listener "+l.GetName(), l)...)
 	}
 	for _, r := range out.routes {
-		validateDeep(t, "route "+r.GetName(), r)
+		problems = append(problems, validateDeep("route "+r.GetName(), r)...)
 	}
 	for _, c := range out.clusters {
-		validateDeep(t, "cluster "+c.GetName(), c)
+		problems = append(problems, validateDeep("cluster "+c.GetName(), c)...)
 	}
-	for _, problem := range lint(out) {
+	for _, problem := range append(problems, lint(out)...) {
 		t.Error(problem)
 	}
 	checkRefs(t, ix, p, out)
@@ -141,21 +142,22 @@ func checkOutput(t *testing.T, ix *index.Index, p *api.Proxy, out output) {
 // validateDeep runs go-control-plane's ValidateAll on m and on every
 // message packed in an Any inside it (filter and transport socket
 // configurations), which ValidateAll itself does not look into.
-func validateDeep(t *testing.T, where string, m proto.Message) {
-	t.Helper()
+func validateDeep(where string, m proto.Message) []string {
+	var out []string
 	if v, ok := m.(interface{ ValidateAll() error }); ok {
 		if err := v.ValidateAll(); err != nil {
-			t.Errorf("%s: %T: %v", where, m, err)
+			out = append(out, fmt.Sprintf("%s: %T: %v", where, m, err))
 		}
 	}
 	for _, a := range anys(m.ProtoReflect()) {
 		inner, err := a.UnmarshalNew()
 		if err != nil {
-			t.Errorf("%s: %s: %v", where, a.GetTypeUrl(), err)
+			out = append(out, fmt.Sprintf("%s: %s: %v", where, a.GetTypeUrl(), err))
 			continue
 		}
-		validateDeep(t, where+" > "+a.GetTypeUrl(), inner)
+		out = append(out, validateDeep(where+" > "+a.GetTypeUrl(), inner)...)
 	}
+	return out
 }
 
 // anys returns the Any messages in m, not looking inside them.
