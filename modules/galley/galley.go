@@ -50,10 +50,13 @@ func New(opts Options) *Checker {
 	}
 }
 
-// Result is the outcome of checking files: the objects that decoded cleanly
-// and every finding, sorted by file and line.
+// Result is the outcome of checking files: the objects that decoded cleanly,
+// those that did not, and every finding, sorted by file and line.
 type Result struct {
-	Objects  []*api.Object
+	Objects []*api.Object
+	// Rejected objects failed to decode; they are decoded as far as
+	// possible but must not be accepted.
+	Rejected []*api.Object
 	Findings []api.Finding
 	Files    []string
 }
@@ -131,6 +134,7 @@ func (c *Checker) checkDecoded(d decode.Result) Result {
 	}
 	return Result{
 		Objects:  d.Objects,
+		Rejected: d.Rejected,
 		Findings: api.SortFindings(findings),
 		Files:    d.Files,
 	}

@@ -158,7 +158,11 @@ func check(c *galley.Checker, stdin io.Reader, args []string) (galley.Result, er
 
 // summary renders the closing line of text output.
 func summary(res galley.Result, counts api.Counts) string {
-	objects := fmt.Sprintf("%d %s in %d %s", len(res.Objects), plural(len(res.Objects), "object"), len(res.Files), plural(len(res.Files), "file"))
+	objects := fmt.Sprintf("%d %s", len(res.Objects), plural(len(res.Objects), "object"))
+	if n := len(res.Rejected); n > 0 {
+		objects += fmt.Sprintf(" (%d more rejected)", n)
+	}
+	objects += fmt.Sprintf(" in %d %s", len(res.Files), plural(len(res.Files), "file"))
 	if len(res.Findings) == 0 {
 		return objects + ": no problems found"
 	}
@@ -192,6 +196,7 @@ func writeText(w io.Writer, res galley.Result, counts api.Counts) error {
 type jsonReport struct {
 	Files    []string      `json:"files"`
 	Objects  int           `json:"objects"`
+	Rejected int           `json:"rejected"`
 	Summary  api.Counts    `json:"summary"`
 	Findings []api.Finding `json:"findings"`
 }
@@ -200,6 +205,7 @@ func writeJSON(w io.Writer, res galley.Result, counts api.Counts) error {
 	rep := jsonReport{
 		Files:    res.Files,
 		Objects:  len(res.Objects),
+		Rejected: len(res.Rejected),
 		Summary:  counts,
 		Findings: res.Findings,
 	}
