@@ -27,6 +27,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -435,8 +436,8 @@ func (m *Module) sealStoredKeys() error {
 		var recs []rootRecord
 		err = roots.ForEach(func(k, v []byte) error {
 			var r rootRecord
-			if _, err := getJSON(roots, k, &r); err != nil {
-				return err
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("roots/%s: %w", k, err)
 			}
 			if len(r.Key) > 0 && !ca.IsSealed(r.Key) {
 				recs = append(recs, r)

@@ -148,7 +148,10 @@ func (s *csrServer) CreateCertificate(ctx context.Context, req *pb.IstioCertific
 func (s *csrServer) ttl(requestedSeconds int64, t *trustSnapshot) time.Duration {
 	ttl := s.leaf.DefaultTTL
 	if requestedSeconds > 0 {
-		ttl = min(time.Duration(min(requestedSeconds, int64(s.leaf.MaxTTL/time.Second)))*time.Second, s.leaf.MaxTTL)
+		ttl = s.leaf.MaxTTL
+		if requestedSeconds < int64(s.leaf.MaxTTL/time.Second) {
+			ttl = time.Duration(requestedSeconds) * time.Second
+		}
 	}
 	if t.stagedTTL > 0 {
 		half := t.stagedTTL / 2
