@@ -1,0 +1,40 @@
+// Package plugintest connects a plugin kind's two gRPC shims in one process
+// through go-plugin's TestPluginGRPCConn, for conformance suites: the same
+// suite runs against a built-in implementation and against the shims, and
+// must see the same behaviour.
+package plugintest
+
+import (
+	"context"
+	"testing"
+
+	goplugin "github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc"
+
+	"github.com/meshd/meshd/core/plugin"
+)
+
+// Connect serves a kind's service (registered by register, as the plugin
+// side does) on an in-process go-plugin gRPC server and returns the host
+// side's connection to it, dispensed under kind as the plugins module does.
+// Both ends are closed when the test ends.
+func Connect(t testing.TB, kind string, register func(*grpc.Server) error) grpc.ClientConnInterface {
+	t.Helper()
+	client, server := goplugin.TestPluginGRPCConn(t, false, map[string]goplugin.Plugin{
+		kind: &plugin.GRPCPlugin{
+			Register: register,
+			Connect: func(_ context.Context, cc *grpc.ClientConn) (any, error) {
+				return cc, nil
+			},
+		},
+	})
+	t.Cleanup(func() {
+		_ = client.Close()
+		server.Stop()
+	})
+	raw, err := client.Dispense(kind)
+	if err != nil {
+		t.Fatalf("dispense %s: %v", kind, err)
+	}
+	return raw.(*grpc.ClientConn)
+}
