@@ -15,6 +15,10 @@ type MeshConfig struct {
 	OutboundTrafficPolicy string `mapstructure:"outboundTrafficPolicy" doc:"traffic to unknown hosts: ALLOW_ANY (passthrough) or REGISTRY_ONLY (blackhole)"`
 	// ClusterDomain is the DNS suffix that short host names are expanded with.
 	ClusterDomain string `mapstructure:"clusterDomain" doc:"DNS suffix used to expand short host names (reviews -> reviews.<ns>.svc.<clusterDomain>)"`
+	// RootNamespace holds mesh-wide config: its DestinationRules, Sidecar and
+	// PeerAuthentication apply to every namespace. Istio's default, so Istio
+	// YAML keeps its meaning.
+	RootNamespace string `mapstructure:"rootNamespace" doc:"namespace whose DestinationRules, Sidecar and PeerAuthentication apply mesh-wide"`
 }
 
 // Mesh-wide setting values accepted by MeshConfig.
@@ -35,5 +39,6 @@ func DefaultMeshConfig() MeshConfig {
 		DefaultMTLSMode:       MTLSPermissive,
 		OutboundTrafficPolicy: OutboundAllowAny,
 		ClusterDomain:         "cluster.local",
+		RootNamespace:         "istio-system",
 	}
 }

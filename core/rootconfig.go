@@ -80,6 +80,9 @@ func (c *Config) Validate() error {
 	default:
 		return fmt.Errorf("mesh.outboundTrafficPolicy: %q is not one of ALLOW_ANY, REGISTRY_ONLY", c.Mesh.OutboundTrafficPolicy)
 	}
+	if c.Mesh.RootNamespace == "" {
+		return fmt.Errorf("mesh.rootNamespace: must not be empty")
+	}
 	if c.Mesh.TrustDomain == "" {
 		return fmt.Errorf("mesh.trustDomain: must not be empty")
 	}
