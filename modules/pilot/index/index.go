@@ -162,23 +162,33 @@ func New(mesh core.MeshConfig, rootNS string, view *registry.View, cfg *galleyap
 }
 
 // addSourceSelectors records the distinct sourceLabels selectors of a
-// VirtualService's HTTP matches.
+// VirtualService's HTTP, TCP and TLS matches (Envoy sidecars apply the
+// last two).
 func (ix *Index) addSourceSelectors(spec *networking.VirtualService) {
+	add := func(sel map[string]string) {
+		if len(sel) > 0 && !slices.ContainsFunc(ix.sourceSelectors, func(s map[string]string) bool { return maps.Equal(s, sel) }) {
+			ix.sourceSelectors = append(ix.sourceSelectors, sel)
+		}
+	}
 	for _, r := range spec.GetHttp() {
 		for _, m := range r.GetMatch() {
-			sel := m.GetSourceLabels()
-			if len(sel) == 0 {
-				continue
-			}
-			if !slices.ContainsFunc(ix.sourceSelectors, func(s map[string]string) bool { return maps.Equal(s, sel) }) {
-				ix.sourceSelectors = append(ix.sourceSelectors, sel)
-			}
+			add(m.GetSourceLabels())
+		}
+	}
+	for _, r := range spec.GetTcp() {
+		for _, m := range r.GetMatch() {
+			add(m.GetSourceLabels())
+		}
+	}
+	for _, r := range spec.GetTls() {
+		for _, m := range r.GetMatch() {
+			add(m.GetSourceLabels())
 		}
 	}
 }
 
-// SourceSelectors returns the distinct sourceLabels selectors that HTTP
-// route matches use, in a stable order. Routes built for a proxy depend on
+// SourceSelectors returns the distinct sourceLabels selectors that route
+// matches (HTTP, TCP, TLS) use, in a stable order. Routes built for a proxy depend on
 // its labels only through these, so a generator key needs only which of
 // them a proxy's labels match, not the labels themselves: proxies that
 // differ in unrelated labels keep sharing one generated set.

@@ -276,3 +276,23 @@ func TestWorkloadHelpers(t *testing.T) {
 		}
 	}
 }
+
+func TestSourceSelectorsAllRouteKinds(t *testing.T) {
+	r := decode.Decode("t.yaml", []byte(`
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: l4, namespace: a}
+spec:
+  hosts: [db]
+  tcp:
+  - match: [{sourceLabels: {app: web}}]
+    route: [{destination: {host: db}}]
+  tls:
+  - match: [{sniHosts: [db], sourceLabels: {app: api}}, {sniHosts: [db2], sourceLabels: {app: web}}]
+    route: [{destination: {host: db}}]
+`))
+	ix := New(core.DefaultMeshConfig(), "meshd-system", nil, galleyapi.NewSnapshot(1, r.Objects))
+	if got := ix.SourceSelectors(); len(got) != 2 || got[0]["app"] != "web" || got[1]["app"] != "api" {
+		t.Fatalf("SourceSelectors = %v, want tcp and tls selectors, each once", got)
+	}
+}
