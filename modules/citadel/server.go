@@ -102,7 +102,7 @@ func (s *csrServer) CreateCertificate(ctx context.Context, req *pb.IstioCertific
 	ttl := s.ttl(req.GetValidityDuration(), t)
 	leaf, err := t.signer.Issue(&ca.LeafRequest{
 		PublicKey: csr.PublicKey,
-		RawSPKI:   csr.RawSubjectPublicKeyInfo,
+		RawSPKI:   csr.RawSPKI,
 		URIs:      []string{caller.Identity},
 		NotBefore: start.Add(-time.Minute), // tolerate callers whose clock is a little behind
 		NotAfter:  start.Add(ttl),

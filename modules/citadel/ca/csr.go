@@ -1,6 +1,7 @@
 package ca
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rsa"
@@ -40,24 +41,51 @@ func Reason(err error) string {
 // MaxCSRSize bounds the PEM a caller may send.
 const MaxCSRSize = 64 << 10
 
+// CSR is a parsed certificate request: the parts the CA uses.
+type CSR struct {
+	Raw     []byte
+	RawTBS  []byte // the signed CertificationRequestInfo
+	RawSPKI []byte // DER SubjectPublicKeyInfo, copied into the certificate
+	// PublicKey is the parsed key of RawSPKI.
+	PublicKey crypto.PublicKey
+	Signature []byte
+	// URIs are the URI subject alternative names.
+	URIs []string
+	// extraNames counts the other subject alternative names.
+	extraNames int
+	sigAlg     x509.SignatureAlgorithm
+	// std is set when the standard library parsed the request (it was
+	// off the fast path); it then checks the signature too.
+	std *x509.CertificateRequest
+}
+
 // ParseCSR parses a PEM (or, failing that, DER) certificate request. It does
 // not check the signature; CheckCSR does.
-func ParseCSR(data []byte) (*x509.CertificateRequest, error) {
+func ParseCSR(data []byte) (*CSR, error) {
 	if len(data) == 0 || len(data) > MaxCSRSize {
 		return nil, fmt.Errorf("%w: %d bytes", ErrMalformed, len(data))
 	}
-	der := data
+	raw := data
 	if b, _ := pem.Decode(data); b != nil {
 		if b.Type != "CERTIFICATE REQUEST" && b.Type != "NEW CERTIFICATE REQUEST" {
 			return nil, fmt.Errorf("%w: PEM block %q", ErrMalformed, b.Type)
 		}
-		der = b.Bytes
+		raw = b.Bytes
 	}
-	csr, err := x509.ParseCertificateRequest(der)
+	if c, err := parseFast(raw); err == nil {
+		return c, nil
+	}
+	csr, err := x509.ParseCertificateRequest(raw)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
-	return csr, nil
+	c := &CSR{Raw: csr.Raw, RawTBS: csr.RawTBSCertificateRequest, RawSPKI: csr.RawSubjectPublicKeyInfo,
+		PublicKey: csr.PublicKey, Signature: csr.Signature, sigAlg: csr.SignatureAlgorithm, std: csr,
+		extraNames: len(csr.DNSNames) + len(csr.EmailAddresses) + len(csr.IPAddresses)}
+	for _, u := range csr.URIs {
+		c.URIs = append(c.URIs, u.String())
+	}
+	return c, nil
 }
 
 // CheckKey accepts ECDSA P-256 and P-384 keys and RSA keys of 2048 to 8192
@@ -81,25 +109,32 @@ func CheckKey(pub any) error {
 // CheckCSR checks that csr asks for exactly identity (one URI SAN and no
 // other names), carries an acceptable key, and is signed by that key. The
 // subject and requested extensions are ignored: the CA writes its own.
-func CheckCSR(csr *x509.CertificateRequest, identity string) error {
+func CheckCSR(csr *CSR, identity string) error {
 	if err := CheckKey(csr.PublicKey); err != nil {
 		return err
 	}
-	if n := len(csr.DNSNames) + len(csr.EmailAddresses) + len(csr.IPAddresses); n > 0 {
-		return fmt.Errorf("%w: %d DNS/email/IP names", ErrExtraSAN, n)
+	if csr.extraNames > 0 {
+		return fmt.Errorf("%w: %d DNS/email/IP or other names", ErrExtraSAN, csr.extraNames)
 	}
 	switch len(csr.URIs) {
 	case 0:
 		return fmt.Errorf("%w: no URI SAN (want %s)", ErrIdentityMismatch, identity)
 	case 1:
-		if got := csr.URIs[0].String(); got != identity {
-			return fmt.Errorf("%w: asks for %s, authenticated as %s", ErrIdentityMismatch, got, identity)
+		if csr.URIs[0] != identity {
+			return fmt.Errorf("%w: asks for %s, authenticated as %s", ErrIdentityMismatch, csr.URIs[0], identity)
 		}
 	default:
 		return fmt.Errorf("%w: %d URI SANs", ErrExtraSAN, len(csr.URIs))
 	}
-	if err := csr.CheckSignature(); err != nil {
+	if err := csr.checkSignature(); err != nil {
 		return fmt.Errorf("%w: %w", ErrBadSignature, err)
 	}
 	return nil
+}
+
+func (csr *CSR) checkSignature() error {
+	if csr.std != nil {
+		return csr.std.CheckSignature()
+	}
+	return csr.checkFastSignature()
 }
