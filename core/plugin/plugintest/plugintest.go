@@ -14,20 +14,12 @@ import (
 	"github.com/meshd/meshd/core/plugin"
 )
 
-// Connect serves a kind's service (registered by register, as the plugin
-// side does) on an in-process go-plugin gRPC server and returns the host
-// side's connection to it, dispensed under kind as the plugins module does.
-// Both ends are closed when the test ends.
-func Connect(t testing.TB, kind string, register func(*grpc.Server) error) grpc.ClientConnInterface {
+// Dispense serves p's plugin side on an in-process go-plugin gRPC server
+// and returns what its host side builds: the kind's Go interface, backed by
+// the gRPC shims. Both ends are closed when the test ends.
+func Dispense(t testing.TB, kind string, p goplugin.Plugin) any {
 	t.Helper()
-	client, server := goplugin.TestPluginGRPCConn(t, false, map[string]goplugin.Plugin{
-		kind: &plugin.GRPCPlugin{
-			Register: register,
-			Connect: func(_ context.Context, cc *grpc.ClientConn) (any, error) {
-				return cc, nil
-			},
-		},
-	})
+	client, server := goplugin.TestPluginGRPCConn(t, false, map[string]goplugin.Plugin{kind: p})
 	t.Cleanup(func() {
 		_ = client.Close()
 		server.Stop()
@@ -36,5 +28,18 @@ func Connect(t testing.TB, kind string, register func(*grpc.Server) error) grpc.
 	if err != nil {
 		t.Fatalf("dispense %s: %v", kind, err)
 	}
-	return raw.(*grpc.ClientConn)
+	return raw
+}
+
+// Connect serves a kind's service (registered by register, as the plugin
+// side does) in process and returns the host side's raw connection to it,
+// for tests that drive the wire protocol themselves.
+func Connect(t testing.TB, kind string, register func(*grpc.Server) error) grpc.ClientConnInterface {
+	t.Helper()
+	return Dispense(t, kind, &plugin.GRPCPlugin{
+		Register: register,
+		Connect: func(_ context.Context, cc *grpc.ClientConn) (any, error) {
+			return cc, nil
+		},
+	}).(*grpc.ClientConn)
 }
