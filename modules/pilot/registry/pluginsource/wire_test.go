@@ -11,8 +11,8 @@ import (
 
 	"google.golang.org/grpc"
 
-	discoveryv1 "github.com/meshd/meshd/core/plugin/proto/discovery/v1"
 	"github.com/meshd/meshd/core/plugin/plugintest"
+	discoveryv1 "github.com/meshd/meshd/core/plugin/proto/discovery/v1"
 	"github.com/meshd/meshd/modules/pilot/model"
 	"github.com/meshd/meshd/modules/pilot/registry"
 	"github.com/meshd/meshd/modules/pilot/registry/pluginsource/sourcetest"
