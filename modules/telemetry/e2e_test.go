@@ -353,4 +353,3 @@ func readRecords(t *testing.T, path string) []api.Record {
 	}
 	return out
 }
-
