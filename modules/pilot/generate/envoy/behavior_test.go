@@ -126,7 +126,7 @@ spec:
 	if got := m.routes["http.80"]; len(got) != 2 {
 		t.Errorf("http.80 serves %d servers, want 2", len(got))
 	}
-	out := generate(ix, p)
+	out := genAll(ix, p)
 	// No VirtualService binds the TCP server: its listener is left out.
 	if got := listenerNames(out.listeners); !slices.Equal(got, []string{"0.0.0.0_443", "0.0.0.0_80"}) {
 		t.Errorf("listeners = %v", got)
@@ -172,7 +172,7 @@ spec:
   - hosts: ["./*"]
 `)
 	p := &api.Proxy{Type: api.Sidecar, Namespace: "app", IPs: []string{"10.1.0.9"}}
-	out := generate(ix, p)
+	out := genAll(ix, p)
 	checkOutput(t, ix, p, out)
 	if got := listenerNames(out.listeners); !slices.Equal(got, []string{"0.0.0.0_8080", "0.0.0.0_9000", VirtualInboundListener, VirtualOutboundListener}) {
 		t.Errorf("listeners = %v", got)
@@ -211,7 +211,7 @@ spec:
   endpoints: [{address: 10.1.0.2}]
 `)
 	p := &api.Proxy{Type: api.Sidecar, Namespace: "app"}
-	out := generate(ix, p)
+	out := genAll(ix, p)
 	checkOutput(t, ix, p, out)
 	l := findListener(out.listeners, "0.0.0.0_8000")
 	if l == nil || len(l.GetFilterChains()) != 1 || l.GetDefaultFilterChain() == nil {
@@ -240,7 +240,7 @@ spec:
   ports: [{name: http, number: 80, protocol: HTTP}]
 `)
 	p := &api.Proxy{Type: api.Sidecar, Namespace: "app"}
-	out := generate(ix, p)
+	out := genAll(ix, p)
 	checkOutput(t, ix, p, out)
 	if got := listenerNames(out.listeners); !slices.Equal(got, []string{VirtualInboundListener, VirtualOutboundListener}) {
 		t.Errorf("listeners = %v", got)
@@ -250,11 +250,11 @@ spec:
 		t.Errorf("REGISTRY_ONLY catch-all goes to %s", got)
 	}
 	gw := &api.Proxy{Type: api.Gateway, Namespace: "edge", Labels: map[string]string{"istio": "ingressgateway"}}
-	if out := generate(ix, gw); len(out.listeners) != 0 || len(out.routes) != 0 || len(out.clusters) != 2 {
+	if out := genAll(ix, gw); len(out.listeners) != 0 || len(out.routes) != 0 || len(out.clusters) != 2 {
 		t.Errorf("a gateway no Gateway selects: %d listeners, %d routes, %d clusters", len(out.listeners), len(out.routes), len(out.clusters))
 	}
 	pl := &api.Proxy{Type: api.Proxyless, Namespace: "app"}
-	if out := generate(ix, pl); len(out.listeners)+len(out.routes)+len(out.clusters) != 0 {
+	if out := genAll(ix, pl); len(out.listeners)+len(out.routes)+len(out.clusters) != 0 {
 		t.Error("proxyless clients must get nothing from the Envoy generator")
 	}
 }
@@ -368,8 +368,9 @@ func TestExtensions(t *testing.T) {
 }
 
 // TestKey checks that Key covers what the output depends on: replicas of
-// one workload share a key and get equal output; a different namespace,
-// labels or workload ports give a different key.
+// one workload share a key and get equal output, whatever unrelated labels
+// they carry; a different namespace, workload ports, labels a route
+// matches on, or Gateways selecting it give a different key.
 func TestKey(t *testing.T) {
 	ix := buildIndex(t, core.DefaultMeshConfig(), `
 apiVersion: networking.istio.io/v1
@@ -379,16 +380,32 @@ spec:
   hosts: [web.app.svc.cluster.local]
   ports: [{name: http, number: 80, protocol: HTTP, targetPort: 8080}]
   endpoints: [{address: 10.1.0.1}, {address: 10.1.0.2}, {address: 10.1.0.3, ports: {http: 8081}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db, namespace: app}
+spec:
+  hosts: [db.app.svc.cluster.local]
+  tcp:
+  - match: [{sourceLabels: {v: "2"}}]
+    route: [{destination: {host: db.app.svc.cluster.local}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: app}
+spec:
+  selector: {gw: "yes"}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]
 `)
 	sidecar := func(ip, ns string, labels map[string]string) *api.Proxy {
 		return &api.Proxy{Type: api.Sidecar, IP: ip, IPs: []string{ip}, Namespace: ns, Labels: labels}
 	}
 	web := map[string]string{"app": "web"}
-	a, b := sidecar("10.1.0.1", "app", web), sidecar("10.1.0.2", "app", web)
+	a, b := sidecar("10.1.0.1", "app", web), sidecar("10.1.0.2", "app", map[string]string{"app": "web", "pod": "b"})
 	if Key(ix, a) != Key(ix, b) {
 		t.Fatalf("replicas have different keys:\n%s\n%s", Key(ix, a), Key(ix, b))
 	}
-	ga, gb := generate(ix, a), generate(ix, b)
+	ga, gb := genAll(ix, a), genAll(ix, b)
 	for i := range ga.listeners {
 		if !proto.Equal(ga.listeners[i], gb.listeners[i]) {
 			t.Errorf("replicas with one key get different listener %s", ga.listeners[i].GetName())
@@ -398,8 +415,9 @@ spec:
 		sidecar("10.1.0.3", "app", web), // listens on another port
 		sidecar("10.1.0.9", "app", web), // serves nothing
 		sidecar("10.1.0.1", "other", web),
-		sidecar("10.1.0.1", "app", map[string]string{"app": "web", "v": "2"}),
+		sidecar("10.1.0.1", "app", map[string]string{"app": "web", "v": "2"}), // a tcp route's sourceLabels match
 		{Type: api.Gateway, IP: "10.1.0.1", IPs: []string{"10.1.0.1"}, Namespace: "app", Labels: web},
+		{Type: api.Gateway, IP: "10.1.0.1", IPs: []string{"10.1.0.1"}, Namespace: "app", Labels: map[string]string{"gw": "yes"}}, // a Gateway selects it
 	} {
 		if Key(ix, other) == Key(ix, a) {
 			t.Errorf("proxy %+v shares a key with %+v", other, a)
@@ -441,7 +459,7 @@ func TestSecrets(t *testing.T) {
 // fail on what Envoy would reject.
 func TestCheckersCatchMistakes(t *testing.T) {
 	ix := testIndex(t, core.DefaultMeshConfig())
-	out := generate(ix, productpage)
+	out := genAll(ix, productpage)
 
 	bad := proto.Clone(out.listeners[0]).(*listenerv3.Listener)
 	var h hcmv3.HttpConnectionManager

@@ -3,8 +3,9 @@
 // (RDS), and the few clusters only Envoy needs (PassthroughCluster,
 // BlackHoleCluster, InboundPassthroughCluster, and the inbound|PORT||
 // clusters of the workload's own ports). The outbound|PORT|SUBSET|HOST
-// clusters and their endpoints come from pilot's shared generators; the
-// listeners and routes here refer to them by name only.
+// clusters, their endpoints and the translation of VirtualService http
+// rules into routes come from pilot's shared generate package; the
+// listeners here refer to clusters by name only.
 //
 // Names and shapes follow Istio's, so an Istio user reading Envoy's
 // /debug/config_dump finds what they know (docs/envoy-output.md):
@@ -39,10 +40,6 @@ import (
 
 // Options configure a Generator.
 type Options struct {
-	// Routes translates VirtualService http rules. Nil uses a minimal
-	// built-in translation (URI matches and weighted destinations) that
-	// stands in until pilot's full translation is plugged in.
-	Routes RouteTranslator
 	// Extensions implement any of the *Extension interfaces of this
 	// package; they add filters and settings to every chain they apply to.
 	Extensions []any
@@ -50,17 +47,12 @@ type Options struct {
 
 // Generator builds Envoy listeners, routes and clusters.
 type Generator struct {
-	routes RouteTranslator
-	ext    []any
+	ext []any
 }
 
 // New returns a Generator.
 func New(opts Options) *Generator {
-	g := &Generator{routes: opts.Routes, ext: slices.Clone(opts.Extensions)}
-	if g.routes == nil {
-		g.routes = basicRoutes{}
-	}
-	return g
+	return &Generator{ext: slices.Clone(opts.Extensions)}
 }
 
 var defaultGenerator = New(Options{})

@@ -25,6 +25,7 @@ import (
 	"github.com/meshd/meshd/core"
 	galleyapi "github.com/meshd/meshd/modules/galley/api"
 	"github.com/meshd/meshd/modules/galley/decode"
+	"github.com/meshd/meshd/modules/pilot/generate"
 	"github.com/meshd/meshd/modules/pilot/index"
 	"github.com/meshd/meshd/modules/pilot/registry"
 	"github.com/meshd/meshd/xds/api"
@@ -103,7 +104,7 @@ type output struct {
 	clusters  []*clusterv3.Cluster
 }
 
-func generate(ix *index.Index, p *api.Proxy) output {
+func genAll(ix *index.Index, p *api.Proxy) output {
 	g := New(Options{})
 	return output{g.Listeners(ix, p), g.Routes(ix, p), g.Clusters(ix, p)}
 }
@@ -112,7 +113,7 @@ func TestGolden(t *testing.T) {
 	for _, tc := range goldenCases {
 		t.Run(tc.name, func(t *testing.T) {
 			ix := testIndex(t, tc.mesh)
-			out := generate(ix, tc.proxy)
+			out := genAll(ix, tc.proxy)
 			checkOutput(t, ix, tc.proxy, out)
 			compareGolden(t, filepath.Join("testdata", tc.name+".golden"), render(t, out))
 		})
@@ -323,8 +324,8 @@ func lintRoute(rc *routev3.RouteConfiguration) []string {
 
 // checkRefs checks that every name the listeners and routes refer to
 // exists: route configurations among the generated ones (and no generated
-// one unused), clusters among this package's, the outbound clusters the
-// index implies, or the bootstrap's, ADS secrets among the credentials of
+// one unused), clusters among this package's, the shared CDS generator's
+// outbound clusters for the proxy, or the bootstrap's, ADS secrets among the credentials of
 // the Gateway servers the proxy serves, agent secrets among what the node
 // agent serves.
 func checkRefs(t *testing.T, ix *index.Index, p *api.Proxy, out output) {
@@ -347,8 +348,8 @@ func checkRefs(t *testing.T, ix *index.Index, p *api.Proxy, out output) {
 	for _, c := range out.clusters {
 		clusters[c.GetName()] = true
 	}
-	for _, c := range ImpliedClusters(ix, p) {
-		clusters[c] = true
+	for _, c := range generate.Clusters(generate.NewScope(ix, p, generate.Envoy)) {
+		clusters[c.GetName()] = true
 	}
 	for _, c := range BootstrapClusters {
 		clusters[c] = true

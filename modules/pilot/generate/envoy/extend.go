@@ -3,7 +3,6 @@ package envoy
 import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	networking "istio.io/api/networking/v1alpha3"
@@ -108,24 +107,4 @@ type InboundMatch struct {
 // The first extension that returns matches wins.
 type InboundTLSExtension interface {
 	InboundMatches(c Chain) []InboundMatch
-}
-
-// RouteInput is what a RouteTranslator translates.
-type RouteInput struct {
-	Index *index.Index
-	Proxy *api.Proxy
-	// VirtualService holds the http rules to translate.
-	VirtualService *index.VirtualService
-	// Port is the port the traffic arrives on (listener or server port).
-	Port uint32
-	// Gateways are the gateways the routes are built for: "mesh" for
-	// sidecars, namespace/name for a gateway's server.
-	Gateways []string
-}
-
-// RouteTranslator turns a VirtualService's http rules into Envoy routes
-// (Envoy flavor). pilot's generate package provides the full translation;
-// a rule it cannot translate is left out rather than failing the push.
-type RouteTranslator interface {
-	HTTPRoutes(in RouteInput) []*routev3.Route
 }

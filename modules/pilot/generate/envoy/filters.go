@@ -6,9 +6,6 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	corsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
-	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
-	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	httpinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/http_inspector/v3"
 	origdstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
 	tlsinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
@@ -19,6 +16,8 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/meshd/meshd/modules/pilot/generate"
 )
 
 // typed packs m into an Any deterministically, so equal configs encode to
@@ -46,20 +45,11 @@ func adsSource() *corev3.ConfigSource {
 // agentSDSSource is the node agent's SDS server, reached through the
 // bootstrap cluster sds-grpc. Workload certificates and files come from
 // there, never from meshd: the private key stays on the node.
-func agentSDSSource() *corev3.ConfigSource {
-	return &corev3.ConfigSource{
-		ConfigSourceSpecifier: &corev3.ConfigSource_ApiConfigSource{ApiConfigSource: &corev3.ApiConfigSource{
-			ApiType:                   corev3.ApiConfigSource_GRPC,
-			TransportApiVersion:       corev3.ApiVersion_V3,
-			SetNodeOnFirstMessageOnly: true,
-			GrpcServices: []*corev3.GrpcService{{
-				TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: SDSCluster}},
-			}},
-		}},
-		InitialFetchTimeout: durationpb.New(0),
-		ResourceApiVersion:  corev3.ApiVersion_V3,
-	}
-}
+func agentSDSSource() *corev3.ConfigSource { return generate.AgentSDS() }
+
+// credentialSource is where gateway credentials (credentialName) come
+// from: meshd, over the ADS stream.
+func credentialSource() *corev3.ConfigSource { return generate.ADS() }
 
 // Listener filters.
 var (
@@ -215,14 +205,14 @@ func (g *Generator) httpFilters(c Chain, o hcmOptions) []*listenerv3.Filter {
 			h.HttpFilters = append(h.HttpFilters, x.HTTPFilters(c)...)
 		}
 	}
-	h.HttpFilters = append(h.HttpFilters, faultFilter, corsFilter)
+	h.HttpFilters = append(h.HttpFilters, sharedHTTPFilters[:len(sharedHTTPFilters)-1]...)
 	for _, e := range g.ext {
 		if x, ok := e.(ConnectionManagerExtension); ok {
 			x.ConnectionManager(c, h)
 		}
 	}
 	// The router goes last whatever an extension did.
-	h.HttpFilters = append(h.HttpFilters, routerFilter)
+	h.HttpFilters = append(h.HttpFilters, sharedHTTPFilters[len(sharedHTTPFilters)-1])
 	out := g.networkFilters(c)
 	return append(out, &listenerv3.Filter{
 		Name:       wellknown.HTTPConnectionManager,
@@ -231,27 +221,18 @@ func (g *Generator) httpFilters(c Chain, o hcmOptions) []*listenerv3.Filter {
 }
 
 // HTTP filter names VirtualService route translation configures per route
-// (typed_per_filter_config keys).
+// (typed_per_filter_config keys): pilot's shared route builder's.
 const (
-	FaultFilterName  = wellknown.Fault
-	CORSFilterName   = wellknown.CORS
-	RouterFilterName = wellknown.Router
+	FaultFilterName  = generate.FilterFault
+	CORSFilterName   = generate.FilterCORS
+	RouterFilterName = generate.FilterRouter
 )
 
-var (
-	faultFilter = &hcmv3.HttpFilter{
-		Name:       FaultFilterName,
-		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: typed(&faultv3.HTTPFault{})},
-	}
-	corsFilter = &hcmv3.HttpFilter{
-		Name:       CORSFilterName,
-		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: typed(&corsv3.Cors{})},
-	}
-	routerFilter = &hcmv3.HttpFilter{
-		Name:       RouterFilterName,
-		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: typed(&routerv3.Router{})},
-	}
-)
+// sharedHTTPFilters are the filters the shared route builder's routes need
+// (fault, CORS, router last), built once: every connection manager is
+// marshalled as soon as it is built, so sharing them is safe as long as no
+// extension modifies them in place.
+var sharedHTTPFilters = generate.HTTPFilters(generate.Envoy)
 
 // finishListener applies the listener extensions.
 func (g *Generator) finishListener(class Class, c Chain, l *listenerv3.Listener) *listenerv3.Listener {

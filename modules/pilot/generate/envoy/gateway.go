@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	networking "istio.io/api/networking/v1alpha3"
 
+	"github.com/meshd/meshd/modules/pilot/generate"
 	"github.com/meshd/meshd/modules/pilot/index"
 	"github.com/meshd/meshd/modules/pilot/model"
 	"github.com/meshd/meshd/xds/api"
@@ -61,6 +62,7 @@ func (p *gwPort) address() string { return cmp.Or(p.bind, Wildcard) }
 type mergedGateway struct {
 	ix     *index.Index
 	p      *api.Proxy
+	scope  *generate.Scope
 	ports  []*gwPort
 	routes map[string][]*gwServer
 	// Rejected lists servers left out and why.
@@ -73,7 +75,7 @@ type mergedGateway struct {
 // are rejected); TCP servers and mixes of plain and TLS are rejected after
 // the first server.
 func mergeGateways(ix *index.Index, p *api.Proxy) *mergedGateway {
-	m := &mergedGateway{ix: ix, p: p, routes: map[string][]*gwServer{}}
+	m := &mergedGateway{ix: ix, p: p, scope: generate.NewScope(ix, p, generate.Envoy), routes: map[string][]*gwServer{}}
 	byKey := map[string]*gwPort{}
 	for _, gw := range ix.GatewaysFor(p.Labels) {
 		for i, s := range gw.Spec.GetServers() {
@@ -305,7 +307,7 @@ func (m *mergedGateway) tcpRoute(s *gwServer, port uint32) (*index.VirtualServic
 				applies = applies || l4Applies(m.ix, mt, vs.Namespace(), gw, port, m.p)
 			}
 			if applies {
-				return vs, routeClusters(m.ix, m.p.Namespace, vs.Namespace(), rule.GetRoute(), port)
+				return vs, routeClusters(m.scope, vs.Namespace(), rule.GetRoute(), port)
 			}
 		}
 	}
@@ -345,7 +347,7 @@ func (g *Generator) passthroughChains(m *mergedGateway, c Chain, gp *gwPort, s *
 				for _, h := range sni {
 					gp.sni[h] = true
 				}
-				clusters := routeClusters(m.ix, m.p.Namespace, vs.Namespace(), rule.GetRoute(), gp.port)
+				clusters := routeClusters(m.scope, vs.Namespace(), rule.GetRoute(), gp.port)
 				out = append(out, &listenerv3.FilterChain{
 					FilterChainMatch: &listenerv3.FilterChainMatch{ServerNames: sni},
 					Filters:          g.tcpProxyFilters(c, l4StatPrefix(vs, clusters), clusters),
@@ -395,7 +397,7 @@ func serverTLSContext(t *networking.ServerTLSSettings, http bool) *tlsv3.Downstr
 	case len(creds) > 0:
 		for _, cn := range creds {
 			name := CredentialSecretName(cn)
-			src := adsSource()
+			src := credentialSource()
 			if name == WorkloadSecret {
 				src = agentSDSSource()
 			}
@@ -406,7 +408,7 @@ func serverTLSContext(t *networking.ServerTLSSettings, http bool) *tlsv3.Downstr
 			if t.GetCaCertCredentialName() != "" {
 				ca = CredentialSecretName(t.GetCaCertCredentialName())
 			}
-			caSecret = sds(ca, adsSource())
+			caSecret = sds(ca, credentialSource())
 		}
 	default:
 		common.TlsCertificateSdsSecretConfigs = []*tlsv3.SdsSecretConfig{
@@ -473,6 +475,10 @@ func (g *Generator) gatewayRouteConfig(m *mergedGateway, name string, servers []
 	vhosts := map[string]*routev3.VirtualHost{}
 	var order []string
 	port := servers[0].s.GetPort().GetNumber()
+	proto := servers[0].protocol
+	if proto == model.ProtocolHTTPS {
+		proto = model.ProtocolHTTP // terminated here
+	}
 	translated := map[*index.VirtualService][]*routev3.Route{}
 	for _, s := range servers {
 		gw := s.gw.Name()
@@ -484,7 +490,7 @@ func (g *Generator) gatewayRouteConfig(m *mergedGateway, name string, servers []
 			}
 			routes, ok := translated[vs]
 			if !ok {
-				routes = g.routes.HTTPRoutes(RouteInput{Index: m.ix, Proxy: m.p, VirtualService: vs, Port: port, Gateways: []string{gw}})
+				routes = generate.HTTPRoutes(m.scope, vs, port, proto, gw)
 				translated[vs] = routes
 			}
 			if len(routes) == 0 {

@@ -7,32 +7,27 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	networking "istio.io/api/networking/v1alpha3"
 
+	"github.com/meshd/meshd/modules/pilot/generate"
 	"github.com/meshd/meshd/modules/pilot/index"
 	"github.com/meshd/meshd/modules/pilot/model"
 	"github.com/meshd/meshd/xds/api"
 )
 
-// DestinationCluster is the outbound cluster a VirtualService destination
+// destinationCluster is the outbound cluster a VirtualService destination
 // written in namespace vsNS names, for traffic that arrived on port: the
-// destination's port, else the service's only port, else port.
-func DestinationCluster(ix *index.Index, proxyNS, vsNS string, d *networking.Destination, port uint32) string {
-	host := ix.ExpandHost(d.GetHost(), vsNS)
+// destination's port, else the service's only port (of the services the
+// proxy sees), else port. HTTP routes resolve destinations the same way.
+func destinationCluster(s *generate.Scope, vsNS string, d *networking.Destination, port uint32) string {
+	host := s.Index.ExpandHost(d.GetHost(), vsNS)
 	n := d.GetPort().GetNumber()
 	if n == 0 {
-		if svc := lookupService(ix, proxyNS, host); svc != nil && len(svc.Ports) == 1 {
+		if svc := s.Service(host); svc != nil && len(svc.Ports) == 1 {
 			n = svc.Ports[0].Number
 		} else {
 			n = port
 		}
 	}
 	return index.ClusterName(n, d.GetSubset(), host)
-}
-
-func lookupService(ix *index.Index, ns, host string) *model.Service {
-	if ix.Registry == nil {
-		return nil
-	}
-	return ix.Service(ns, host)
 }
 
 // l4Match is what TCP and TLS route matches have in common.
@@ -79,14 +74,14 @@ func l4Applies(ix *index.Index, m l4Match, vsNS, gateway string, port uint32, p 
 
 // routeClusters turns route destinations into TCP proxy clusters. Zero
 // weights are dropped when there are several destinations, as Istio does.
-func routeClusters(ix *index.Index, proxyNS, vsNS string, routes []*networking.RouteDestination, port uint32) []weightedCluster {
+func routeClusters(s *generate.Scope, vsNS string, routes []*networking.RouteDestination, port uint32) []weightedCluster {
 	var out []weightedCluster
 	for _, r := range routes {
 		if len(routes) > 1 && r.GetWeight() <= 0 {
 			continue
 		}
 		out = append(out, weightedCluster{
-			name:   DestinationCluster(ix, proxyNS, vsNS, r.GetDestination(), port),
+			name:   destinationCluster(s, vsNS, r.GetDestination(), port),
 			weight: uint32(max(r.GetWeight(), 0)),
 		})
 	}

@@ -4,6 +4,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/meshd/meshd/modules/pilot/generate"
 	"github.com/meshd/meshd/modules/pilot/index"
 	"github.com/meshd/meshd/modules/pilot/model"
 )
@@ -45,13 +46,13 @@ const (
 
 	// SDSCluster is the bootstrap cluster that reaches the node agent's
 	// SDS server (workload certificate and trust bundle).
-	SDSCluster = "sds-grpc"
+	SDSCluster = generate.SDSCluster
 	// XDSCluster is the bootstrap cluster that reaches meshd.
 	XDSCluster = "xds-grpc"
 	// WorkloadSecret is the SDS name of the workload's own certificate.
-	WorkloadSecret = "default"
+	WorkloadSecret = generate.SecretDefault
 	// RootSecret is the SDS name of the trust bundle.
-	RootSecret = "ROOTCA"
+	RootSecret = generate.SecretRootCA
 
 	// Wildcard is the listener address of listeners that are not bound to
 	// a service's virtual IP.
@@ -107,7 +108,6 @@ func InboundVirtualHostName(port uint32) string {
 
 // Secret name prefixes, as Istio writes them.
 const (
-	credentialPrefix = "kubernetes://"
 	fileCertPrefix   = "file-cert:"
 	fileRootPrefix   = "file-root:"
 	// CASecretSuffix names the CA part of a gateway credential.
@@ -119,13 +119,10 @@ const (
 // type (kubernetes://, kubernetes-gateway://, configmap://); "builtin://"
 // means the gateway's own workload certificate.
 func CredentialSecretName(credentialName string) string {
-	switch {
-	case strings.HasPrefix(credentialName, "builtin://"):
+	if strings.HasPrefix(credentialName, "builtin://") {
 		return WorkloadSecret
-	case strings.Contains(credentialName, "://"):
-		return credentialName
 	}
-	return credentialPrefix + credentialName
+	return generate.CredentialSecretName(credentialName)
 }
 
 // CredentialCASecretName is the SDS name of the client CA that MUTUAL

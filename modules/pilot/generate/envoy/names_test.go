@@ -7,6 +7,7 @@ import (
 	networking "istio.io/api/networking/v1alpha3"
 
 	"github.com/meshd/meshd/core"
+	"github.com/meshd/meshd/modules/pilot/generate"
 	"github.com/meshd/meshd/modules/pilot/index"
 	"github.com/meshd/meshd/modules/pilot/model"
 	"github.com/meshd/meshd/xds/api"
@@ -188,6 +189,7 @@ func TestL4Matching(t *testing.T) {
 
 func TestDestinationCluster(t *testing.T) {
 	ix := testIndex(t, core.DefaultMeshConfig())
+	scope := generate.NewScope(ix, productpage, generate.Envoy)
 	dest := func(host, subset string, port uint32) *networking.Destination {
 		d := &networking.Destination{Host: host, Subset: subset}
 		if port != 0 {
@@ -206,8 +208,8 @@ func TestDestinationCluster(t *testing.T) {
 		{dest("unknown.example.com", "", 0), "outbound|7777||unknown.example.com"},                       // not a service
 		{dest("private.shop.svc.cluster.local", "", 0), "outbound|8080||private.shop.svc.cluster.local"}, // visible in shop
 	} {
-		if got := DestinationCluster(ix, "shop", "shop", tt.d, 7777); got != tt.want {
-			t.Errorf("DestinationCluster(%v) = %s, want %s", tt.d, got, tt.want)
+		if got := destinationCluster(scope, "shop", tt.d, 7777); got != tt.want {
+			t.Errorf("destinationCluster(%v) = %s, want %s", tt.d, got, tt.want)
 		}
 	}
 }

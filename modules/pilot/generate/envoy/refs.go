@@ -1,7 +1,6 @@
 package envoy
 
 import (
-	"slices"
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -11,6 +10,7 @@ import (
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 
+	"github.com/meshd/meshd/modules/pilot/generate"
 	"github.com/meshd/meshd/modules/pilot/index"
 	"github.com/meshd/meshd/xds/api"
 )
@@ -141,31 +141,33 @@ func (g *Generator) Secrets(ix *index.Index, p *api.Proxy) []string {
 	return References(g.Listeners(ix, p), nil).Secrets
 }
 
-// Key returns what p's Envoy output depends on besides the index, for
-// api.Generator.Key: the proxy type, namespace (Sidecar and visibility
-// scoping, short host names), labels (Sidecar and Gateway selection,
-// source-label matches) and, for sidecars, the workload ports found from
-// its addresses. Proxies with equal keys get equal listeners, routes and
-// clusters from one index. It reads nothing else from the proxy.
+// Key returns the generator key for p's Envoy output: pilot's shared key
+// (generate.Key: proxy type, namespace, the Sidecar that applies, which
+// route sourceLabels selectors its labels match, its locality when
+// endpoints depend on it) followed by KeyPart. Proxies with equal keys get
+// equal listeners, routes and clusters from one index.
 func Key(ix *index.Index, p *api.Proxy) string {
+	return generate.Key(ix, p) + "|" + KeyPart(ix, p)
+}
+
+// KeyPart is what the Envoy output reads from a proxy beyond what
+// generate.Key covers: for a gateway, which Gateways its labels select;
+// for a sidecar, its workload ports (found from its addresses, or from its
+// Sidecar's ingress listeners) and the services behind them. It depends on
+// the index, so keys must be recomputed on every full push; an endpoint
+// change that adds or removes a connected sidecar's own address or port
+// must be a full push for that sidecar, not EDS only.
+func KeyPart(ix *index.Index, p *api.Proxy) string {
 	var b strings.Builder
-	b.WriteString(string(p.Type))
-	b.WriteByte('|')
-	b.WriteString(p.Namespace)
-	b.WriteByte('|')
-	keys := make([]string, 0, len(p.Labels))
-	for k := range p.Labels {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	for _, k := range keys {
-		b.WriteString(k)
-		b.WriteByte('=')
-		b.WriteString(p.Labels[k])
-		b.WriteByte(0)
-	}
-	if p.Type == api.Sidecar {
-		b.WriteByte('|')
+	switch p.Type {
+	case api.Gateway:
+		b.WriteString("gw=")
+		for _, gw := range ix.GatewaysFor(p.Labels) {
+			b.WriteString(gw.Name())
+			b.WriteByte(',')
+		}
+	case api.Sidecar:
+		b.WriteString("in=")
 		for _, in := range inboundPorts(ix, p) {
 			b.WriteString(portString(in.port))
 			b.WriteByte('/')
@@ -182,29 +184,4 @@ func Key(ix *index.Index, p *api.Proxy) string {
 		}
 	}
 	return b.String()
-}
-
-// ImpliedClusters returns the outbound clusters pilot's shared CDS
-// generator builds for what p sees, by Istio's naming: outbound|PORT||HOST
-// for every port of every visible service and outbound|PORT|SUBSET|HOST
-// for each subset of the DestinationRule that applies. The Envoy tests use
-// it to check references; the CDS generator is the authority.
-func ImpliedClusters(ix *index.Index, p *api.Proxy) []string {
-	var sc *index.Sidecar
-	if p.Type == api.Sidecar {
-		sc = ix.SidecarFor(p.Namespace, p.Labels)
-	}
-	var out []string
-	for _, s := range ix.Services(p.Namespace, sc) {
-		dr := ix.DestinationRule(p.Namespace, s.Namespace, s.Hostname)
-		for _, port := range s.Ports {
-			out = append(out, index.ClusterName(port.Number, "", s.Hostname))
-			if dr != nil {
-				for _, ss := range dr.Spec.GetSubsets() {
-					out = append(out, index.ClusterName(port.Number, ss.GetName(), s.Hostname))
-				}
-			}
-		}
-	}
-	return out
 }

@@ -11,6 +11,7 @@ import (
 	networking "istio.io/api/networking/v1alpha3"
 
 	"github.com/meshd/meshd/core"
+	"github.com/meshd/meshd/modules/pilot/generate"
 	"github.com/meshd/meshd/modules/pilot/index"
 	"github.com/meshd/meshd/modules/pilot/model"
 	"github.com/meshd/meshd/xds/api"
@@ -34,8 +35,11 @@ func isTLS(p model.Protocol) bool { return p == model.ProtocolTLS || p == model.
 // listeners and its routes so that every route name a listener names
 // exists.
 type sidecarView struct {
-	ix       *index.Index
-	p        *api.Proxy
+	ix *index.Index
+	p  *api.Proxy
+	// scope is the shared generators' view of the same proxy, for route
+	// translation and destination lookups.
+	scope    *generate.Scope
 	ns       string
 	sc       *index.Sidecar
 	allowAny bool
@@ -49,18 +53,24 @@ type sidecarView struct {
 }
 
 func newSidecarView(ix *index.Index, p *api.Proxy) *sidecarView {
+	scope := generate.NewScope(ix, p, generate.Envoy)
 	v := &sidecarView{
 		ix:     ix,
 		p:      p,
-		ns:     p.Namespace,
-		sc:     ix.SidecarFor(p.Namespace, p.Labels),
+		scope:  scope,
+		ns:     scope.Namespace,
+		sc:     scope.Sidecar,
 		byHost: map[string]*model.Service{},
 		http:   map[uint32][]svcPort{},
 	}
 	v.allowAny = outboundPolicy(ix.Mesh, v.sc) != core.OutboundRegistryOnly
-	seen := map[string]bool{}
+	type seenKey struct {
+		host string
+		port uint32
+	}
+	seen := map[seenKey]bool{}
 	add := func(sp svcPort) {
-		key := sp.svc.Hostname + "\x00" + strconv.FormatUint(uint64(sp.listenPort), 10)
+		key := seenKey{sp.svc.Hostname, sp.listenPort}
 		if seen[key] {
 			return
 		}

@@ -193,7 +193,7 @@ func (g *Generator) tlsChains(v *sidecarView, e *outEntry, sp svcPort, cidr *cor
 				if !l4Applies(v.ix, m, vs.Namespace(), index.MeshGateway, sp.listenPort, v.p) {
 					continue
 				}
-				clusters := routeClusters(v.ix, v.ns, vs.Namespace(), rule.GetRoute(), sp.listenPort)
+				clusters := routeClusters(v.scope, vs.Namespace(), rule.GetRoute(), sp.listenPort)
 				match := &listenerv3.FilterChainMatch{ServerNames: sniNames(m.GetSniHosts()), PrefixRanges: withCIDR(cidr)}
 				if subnets := cidrRanges(m.GetDestinationSubnets()); len(subnets) > 0 {
 					match.PrefixRanges = subnets
@@ -240,7 +240,7 @@ func (g *Generator) tcpChains(v *sidecarView, e *outEntry, sp svcPort, cidr *cor
 			if len(rule.GetRoute()) == 0 {
 				continue
 			}
-			clusters := routeClusters(v.ix, v.ns, vs.Namespace(), rule.GetRoute(), sp.listenPort)
+			clusters := routeClusters(v.scope, vs.Namespace(), rule.GetRoute(), sp.listenPort)
 			chain := func(ranges []*corev3.CidrRange) *listenerv3.FilterChain {
 				return &listenerv3.FilterChain{
 					FilterChainMatch: &listenerv3.FilterChainMatch{PrefixRanges: ranges},

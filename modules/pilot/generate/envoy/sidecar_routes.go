@@ -6,10 +6,11 @@ import (
 	"strings"
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	previoushostsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/meshd/meshd/modules/pilot/generate"
 	"github.com/meshd/meshd/modules/pilot/index"
+	"github.com/meshd/meshd/modules/pilot/model"
 )
 
 func portString(p uint32) string { return strconv.FormatUint(uint64(p), 10) }
@@ -81,12 +82,17 @@ func (g *Generator) sidecarRouteConfig(v *sidecarView, port uint32, extra map[*i
 			vhosts = append(vhosts, &routev3.VirtualHost{Name: name, Domains: kept, Routes: routes})
 		}
 	}
-	translated := map[*index.VirtualService][]*routev3.Route{}
-	routesOf := func(vs *index.VirtualService) []*routev3.Route {
-		r, ok := translated[vs]
+	type translation struct {
+		vs    *index.VirtualService
+		proto model.Protocol
+	}
+	translated := map[translation][]*routev3.Route{}
+	routesOf := func(vs *index.VirtualService, proto model.Protocol) []*routev3.Route {
+		k := translation{vs, proto}
+		r, ok := translated[k]
 		if !ok {
-			r = g.routes.HTTPRoutes(RouteInput{Index: v.ix, Proxy: v.p, VirtualService: vs, Port: port, Gateways: []string{index.MeshGateway}})
-			translated[vs] = r
+			r = generate.HTTPRoutes(v.scope, vs, port, proto, index.MeshGateway)
+			translated[k] = r
 		}
 		return r
 	}
@@ -95,12 +101,12 @@ func (g *Generator) sidecarRouteConfig(v *sidecarView, port uint32, extra map[*i
 		host := sp.svc.Hostname
 		var routes []*routev3.Route
 		if vs := v.ix.VirtualServiceFor(v.ns, host); vs != nil {
-			if routes = routesOf(vs); len(routes) > 0 && !slices.Contains(used, vs) {
+			if routes = routesOf(vs, sp.protocol); len(routes) > 0 && !slices.Contains(used, vs) {
 				used = append(used, vs)
 			}
 		}
 		if len(routes) == 0 {
-			routes = []*routev3.Route{defaultRoute(sp.cluster(), VirtualHostName(host, port))}
+			routes = []*routev3.Route{generate.DefaultRoute(v.scope, sp.svc, sp.port)}
 		}
 		add(VirtualHostName(host, port), HostDomains(sp.svc, v.ns, v.ix.Mesh.ClusterDomain), routes)
 	}
@@ -113,7 +119,7 @@ func (g *Generator) sidecarRouteConfig(v *sidecarView, port uint32, extra map[*i
 		}
 	}
 	for _, vs := range used {
-		routes := routesOf(vs)
+		routes := routesOf(vs, model.ProtocolHTTP)
 		if len(routes) == 0 {
 			continue
 		}
@@ -171,34 +177,5 @@ func catchAllVirtualHost(allowAny bool) *routev3.VirtualHost {
 			Match:  match,
 			Action: &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{Status: 502}},
 		}},
-	}
-}
-
-// defaultRoute sends everything to cluster with Istio's default retry
-// policy and no timeout.
-func defaultRoute(cluster, vhost string) *routev3.Route {
-	a := noTimeoutAction(cluster)
-	a.RetryPolicy = DefaultRetryPolicy()
-	return &routev3.Route{
-		Name:      "default",
-		Match:     &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
-		Action:    &routev3.Route_Route{Route: a},
-		Decorator: &routev3.Decorator{Operation: vhost + "/*"},
-	}
-}
-
-// DefaultRetryPolicy is Istio's retry policy for routes that set none:
-// two retries on connection failures, refused streams, gRPC unavailable
-// and cancelled, and 503, each on another host.
-func DefaultRetryPolicy() *routev3.RetryPolicy {
-	return &routev3.RetryPolicy{
-		RetryOn:    "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
-		NumRetries: wrapperspb.UInt32(2),
-		RetryHostPredicate: []*routev3.RetryPolicy_RetryHostPredicate{{
-			Name:       "envoy.retry_host_predicates.previous_hosts",
-			ConfigType: &routev3.RetryPolicy_RetryHostPredicate_TypedConfig{TypedConfig: typed(&previoushostsv3.PreviousHostsPredicate{})},
-		}},
-		HostSelectionRetryMaxAttempts: 5,
-		RetriableStatusCodes:          []uint32{503},
 	}
 }
