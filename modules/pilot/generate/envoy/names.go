@@ -108,8 +108,8 @@ func InboundVirtualHostName(port uint32) string {
 
 // Secret name prefixes, as Istio writes them.
 const (
-	fileCertPrefix   = "file-cert:"
-	fileRootPrefix   = "file-root:"
+	fileCertPrefix = "file-cert:"
+	fileRootPrefix = "file-root:"
 	// CASecretSuffix names the CA part of a gateway credential.
 	CASecretSuffix = "-cacert"
 )
