@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -40,6 +41,15 @@ func child(args []string) int {
 	_ = fs.Parse(args)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
+	// MESHLOAD_CPUPROFILE profiles the server process, for finding where
+	// its CPU goes.
+	if path := os.Getenv("MESHLOAD_CPUPROFILE"); path != "" {
+		f, err := os.Create(path + "." + o.Impl)
+		if err == nil {
+			_ = pprof.StartCPUProfile(f)
+			defer func() { pprof.StopCPUProfile(); f.Close() }()
+		}
+	}
 	if err := load.RunChild(ctx, o, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "meshload child:", err)
 		return 1
@@ -61,7 +71,7 @@ func driver(args []string) int {
 	fs.IntVar(&o.Changes, "changes", 20, "endpoint changes measured in eds-delta")
 	fs.IntVar(&o.BigService, "big", 100, "endpoints of the changing service")
 	fs.StringVar(&batches, "storm-batches", "1000,1000", "storm: proxies connecting at once, batch after batch, in one server (memory slope)")
-	fs.IntVar(&o.StormAtOnce, "storm-at-once", 2000, "storm: proxies connecting at once in a fresh server")
+	fs.IntVar(&o.StormAtOnce, "storm-at-once", 2000, "storm: proxies connecting at once in a fresh server (-1: skip)")
 	fs.IntVar(&o.BaselineMaxServices, "baseline-max-services", 1000, "skip baseline eds-delta above this size")
 	fs.IntVar(&o.BaselineChanges, "baseline-changes", 3, "endpoint changes measured for the baseline")
 	fs.DurationVar(&o.Timeout, "timeout", 120*time.Second, "bound on each measured step")

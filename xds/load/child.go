@@ -12,6 +12,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -112,6 +113,14 @@ func RunChild(ctx context.Context, o ChildOptions, out io.Writer) error {
 		if r.URL.Query().Get("gc") == "1" {
 			runtime.GC()
 			debug.FreeOSMemory()
+			// MESHLOAD_HEAPPROFILE keeps the latest heap profile taken at a
+			// memory measurement, for finding what a proxy costs.
+			if path := os.Getenv("MESHLOAD_HEAPPROFILE"); path != "" {
+				if f, err := os.Create(path + "." + o.Impl); err == nil {
+					_ = pprof.WriteHeapProfile(f)
+					f.Close()
+				}
+			}
 		}
 		_ = json.NewEncoder(w).Encode(readStats(cl))
 	})

@@ -40,7 +40,7 @@ type Options struct {
 	// sidecar (CDS, EDS by name, LDS, RDS). StormBatches are connected one
 	// batch after the other in one server (default 1000, 1000: memory at
 	// 1,000 and 2,000 proxies, and the per-proxy slope); StormAtOnce in a
-	// fresh server (default 2000).
+	// fresh server (default 2000; negative skips it).
 	StormBatches []int
 	StormAtOnce  int
 	// BaselineMaxServices skips baseline eds-delta runs above this size
@@ -78,7 +78,9 @@ func (o *Options) defaults() {
 	def(&o.DeltaProxies, 2000)
 	def(&o.Changes, 20)
 	def(&o.BigService, 100)
-	def(&o.StormAtOnce, 2000)
+	if o.StormAtOnce == 0 {
+		o.StormAtOnce = 2000
+	}
 	def(&o.BaselineMaxServices, 1000)
 	def(&o.BaselineChanges, 3)
 	if len(o.EDSServices) == 0 {

@@ -92,6 +92,7 @@ type connType struct {
 	sentSnap *snapshot // what the proxy has (for its subscription); set when a response is written
 	everSent bool
 	subHash  uint64
+	subSet   *subSet
 	subKnown bool
 	forceAll bool     // sotw: the subscription changed; send everything subscribed
 	force    []string // delta: newly subscribed names, sent whatever the proxy claims
@@ -101,10 +102,14 @@ type connType struct {
 type watch struct {
 	ct  *connType
 	sub cache.Subscription
-	req *discovery.DiscoveryRequest
-	ch  chan cache.Response
-	dr  *discovery.DeltaDiscoveryRequest
-	dch chan cache.DeltaResponse
+	// wild and names are the state-of-the-world subscription, resolved
+	// from a shared set's token when it is one (subsets.go).
+	wild  bool
+	names map[string]struct{}
+	req   *discovery.DiscoveryRequest
+	ch    chan cache.Response
+	dr    *discovery.DeltaDiscoveryRequest
+	dch   chan cache.DeltaResponse
 }
 
 // xdsCache implements go-control-plane's cache.Cache.
@@ -488,16 +493,24 @@ func (x *xdsCache) CreateWatch(req *cache.Request, sub cache.Subscription, ch ch
 	if ct == nil {
 		return func() {}, nil
 	}
-	h := subHash(sub)
+	w := &watch{ct: ct, sub: sub, req: slimRequest(req), ch: ch, wild: sub.IsWildcard(), names: sub.SubscribedResources()}
+	var set *subSet
+	var h uint64
+	if !w.wild {
+		if s, ok := x.s.subs.lookup(w.names); ok {
+			set, w.names = s, s.names
+		} else {
+			h = subHash(w.names)
+		}
+	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if c.types == nil {
 		return func() {}, nil
 	}
-	if !ct.subKnown || h != ct.subHash {
-		ct.subHash, ct.subKnown, ct.forceAll = h, true, true
+	if !ct.subKnown || set != ct.subSet || h != ct.subHash {
+		ct.subHash, ct.subSet, ct.subKnown, ct.forceAll = h, set, true, true
 	}
-	w := &watch{ct: ct, sub: sub, req: slimRequest(req), ch: ch}
 	return x.open(ct, w), nil
 }
 
@@ -566,14 +579,11 @@ func slimRequest(req *discovery.DiscoveryRequest) *discovery.DiscoveryRequest {
 	return &discovery.DiscoveryRequest{TypeUrl: req.GetTypeUrl(), VersionInfo: req.GetVersionInfo()}
 }
 
-// subHash fingerprints a state-of-the-world subscription so a changed one
-// can be told from a repeated one (every ACK repeats the names).
-func subHash(sub cache.Subscription) uint64 {
-	if sub.IsWildcard() {
-		return 1
-	}
-	names := sub.SubscribedResources()
-	h := uint64(len(names)) << 1
+// subHash fingerprints a state-of-the-world subscription that is not a
+// shared set, so a changed one can be told from a repeated one (every ACK
+// repeats the names). Wildcard is 0.
+func subHash(names map[string]struct{}) uint64 {
+	h := uint64(len(names))<<1 | 1
 	for n := range names {
 		h ^= xxhash.Sum64String(n) * 0x9E3779B97F4A7C15
 	}
@@ -647,8 +657,7 @@ func (x *xdsCache) sotwResponse(ct *connType, w *watch) *sotwResp {
 	if !ct.forceAll && ct.sentSnap == snap {
 		return nil
 	}
-	wild := w.sub.IsWildcard()
-	names := w.sub.SubscribedResources()
+	wild, names := w.wild, w.names
 	r := &sotwResp{x: x, ct: ct, req: w.req, snap: snap, created: time.Now()}
 	selectAll := func() {
 		if wild {

@@ -207,4 +207,3 @@ func counter(t *testing.T, reg *prometheus.Registry, name string) prometheus.Col
 	t.Fatalf("no metric %s", name)
 	return nil
 }
-

@@ -83,6 +83,9 @@ type Options struct {
 	// WriteBufferSize is each connection's gRPC write buffer (default 64 KiB).
 	// It is borrowed from a pool only while writing.
 	WriteBufferSize int
+	// ReadBufferSize is each connection's read buffer (default 8 KiB).
+	// Proxies send little, and every connected proxy keeps one.
+	ReadBufferSize int
 	// Logger (default slog.Default()).
 	Logger *slog.Logger
 	// Registerer receives the metrics; nil registers nothing.
@@ -125,6 +128,9 @@ func (o *Options) defaults() {
 	if o.WriteBufferSize <= 0 {
 		o.WriteBufferSize = 64 << 10
 	}
+	if o.ReadBufferSize <= 0 {
+		o.ReadBufferSize = 8 << 10
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -140,6 +146,7 @@ type Server struct {
 	log   *slog.Logger
 	m     *metrics
 	cache *xdsCache
+	subs  *subSets
 	gcp   serverv3.Server
 
 	ctx    context.Context // ends streams on Stop
@@ -166,6 +173,7 @@ func New(opts Options) *Server {
 	s := &Server{opts: opts, log: opts.Logger, m: newMetrics(opts.Registerer)}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.cache = newCache(s)
+	s.subs = newSubSets()
 	s.pq.sig = make(chan struct{}, 1)
 	logger := gcplog.LoggerFuncs{
 		DebugFunc: func(f string, a ...any) { s.log.Debug(fmt.Sprintf(f, a...)) },
@@ -213,6 +221,7 @@ func (s *Server) NewGRPCServer(creds credentials.TransportCredentials, extra ...
 		// idle proxies would otherwise pin one each.
 		grpc.SharedWriteBuffer(true),
 		grpc.WriteBufferSize(s.opts.WriteBufferSize),
+		grpc.ReadBufferSize(s.opts.ReadBufferSize),
 	}
 	if creds != nil {
 		opts = append(opts, grpc.Creds(creds))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -57,10 +58,11 @@ type streamBase struct {
 	err         error // why we end the stream; returned by the handler
 	types       map[string]struct{}
 	bucket      tokenBucket
+	held        heldSets
 }
 
 func (s *Server) newStreamBase(ctx context.Context, defaultType string, delta bool) streamBase {
-	b := streamBase{s: s, ctx: ctx, defaultType: defaultType, delta: delta, types: map[string]struct{}{},
+	b := streamBase{s: s, ctx: ctx, defaultType: defaultType, delta: delta, types: map[string]struct{}{}, held: heldSets{},
 		bucket: tokenBucket{rate: s.opts.RequestRate, burst: float64(s.opts.RequestBurst), tokens: float64(s.opts.RequestBurst), last: time.Now()}}
 	if p, ok := peer.FromContext(ctx); ok {
 		b.addr = p.Addr.String()
@@ -161,6 +163,7 @@ func (b *streamBase) connect(node *corev3.Node) error {
 
 // close forgets the stream's proxy.
 func (b *streamBase) close() {
+	b.held.releaseAll(b.s.subs)
 	c := b.c
 	if c == nil {
 		return
@@ -218,7 +221,11 @@ func (w *sotwStream) Recv() (*discovery.DiscoveryRequest, error) {
 		return nil, err
 	}
 	req.Node = w.c.node
-	w.s.cache.intern(typeURL, req.ResourceNames)
+	if names := req.GetResourceNames(); len(names) > 0 && !slices.Contains(names, "*") {
+		set := w.s.subs.acquire(names, func(n []string) { w.s.cache.intern(typeURL, n) })
+		w.held.hold(w.s.subs, typeURL, set)
+		req.ResourceNames = set.token
+	}
 	w.c.request(w.s, typeURL, req.GetResponseNonce(), req.GetErrorDetail())
 	return req, nil
 }
