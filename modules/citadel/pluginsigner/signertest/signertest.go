@@ -62,7 +62,9 @@ type Wrap func(t *testing.T, s api.Signer) api.Signer
 type SignerFunc func(ctx context.Context, req api.SignRequest) ([][]byte, error)
 
 // Sign implements api.Signer.
-func (f SignerFunc) Sign(ctx context.Context, req api.SignRequest) ([][]byte, error) { return f(ctx, req) }
+func (f SignerFunc) Sign(ctx context.Context, req api.SignRequest) ([][]byte, error) {
+	return f(ctx, req)
+}
 
 // Run runs the suite.
 func Run(t *testing.T, wrap Wrap) {
