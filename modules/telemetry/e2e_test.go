@@ -353,3 +353,27 @@ func readRecords(t *testing.T, path string) []api.Record {
 	}
 	return out
 }
+
+// TestShutdownWithOpenStreams: Envoy keeps its access-log streams open for
+// good; stopping meshd ends them at once instead of waiting out the xDS
+// server's graceful stop.
+func TestShutdownWithOpenStreams(t *testing.T) {
+	e := start(t, nil)
+	cc := xdstest.Dial(t, e.xdsAddr)
+	n := node(t, "sidecar", reviewsIP, "reviews-v1-545d", "reviews-v1", "default", "bookinfo-reviews")
+	var streams []*alsStream
+	for _, name := range []string{"meshd/http/inbound", "meshd/http/outbound", "meshd/tcp/inbound"} {
+		streams = append(streams, openALS(t, cc, n, name))
+	}
+	eventually(t, "open streams", func() bool { return e.status(t).Streams.Open == 3 })
+	begin := time.Now()
+	e.stop()
+	if d := time.Since(begin); d > 2*time.Second {
+		t.Errorf("stopping took %v with access-log streams open", d)
+	}
+	for _, s := range streams {
+		if err := s.close(); status.Code(err) != codes.Unavailable {
+			t.Errorf("stream after shutdown: %v, want UNAVAILABLE", err)
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -60,6 +61,7 @@ type env struct {
 	xdsAddr string
 	admin   string // admin base URL
 	tel     *telemetry.Module
+	stop    func() // stops the host; idempotent
 }
 
 // start runs a host; telemetry's section is cfg. It stops when the test ends.
@@ -92,16 +94,22 @@ func start(t *testing.T, cfg map[string]any) *env {
 	go func() { done <- host.Run(ctx) }()
 	admin := httptest.NewServer(host.AdminHandler())
 	e.admin = admin.URL
+	var once sync.Once
+	e.stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("host run: %v", err)
+			}
+			if err := host.Cleanup(); err != nil {
+				t.Errorf("host cleanup: %v", err)
+			}
+			st.Close()
+		})
+	}
 	t.Cleanup(func() {
 		admin.Close()
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("host run: %v", err)
-		}
-		if err := host.Cleanup(); err != nil {
-			t.Errorf("host cleanup: %v", err)
-		}
-		st.Close()
+		e.stop()
 	})
 	eventually(t, "host ready", func() bool {
 		code, _ := e.get(t, "/healthz/ready")

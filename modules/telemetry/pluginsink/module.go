@@ -1,0 +1,73 @@
+package pluginsink
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/meshd/meshd/core"
+	"github.com/meshd/meshd/core/plugin"
+	"github.com/meshd/meshd/modules/telemetry/api"
+)
+
+func init() { core.Register(new(Module)) }
+
+// ModuleID is the module that hands sink plugins to telemetry.
+const ModuleID core.ModuleID = "telemetry.sink.plugin"
+
+// Module adds each sink plugin (modules.plugins, kind sink) to telemetry's
+// access-log sinks, named after the plugin. It does nothing when no sink
+// plugin is declared.
+type Module struct {
+	instances []*plugin.Instance
+}
+
+// Interface guards.
+var (
+	_ core.Provisioner = (*Module)(nil)
+	_ core.Readier     = (*Module)(nil)
+)
+
+// MeshModule implements core.Module.
+func (*Module) MeshModule() core.ModuleInfo {
+	return core.ModuleInfo{
+		ID:          ModuleID,
+		New:         func() core.Module { return new(Module) },
+		Uses:        []core.ModuleID{plugin.ID, api.ID},
+		Description: "adds the sink plugins of modules.plugins to telemetry's access-log sinks",
+	}
+}
+
+// Provision adds the sinks. Telemetry must run when sink plugins are
+// declared.
+func (m *Module) Provision(ctx *core.Context) error {
+	ins, err := plugin.Lookup(ctx, Kind)
+	if err != nil || len(ins) == 0 {
+		return err
+	}
+	reg, err := core.Dep[api.SinkRegistry](ctx, api.ID)
+	if errors.Is(err, core.ErrModuleDisabled) {
+		names := make([]string, len(ins))
+		for i, in := range ins {
+			names[i] = in.Name()
+		}
+		return fmt.Errorf("modules.plugins declares sink plugins (%s) but telemetry is disabled", strings.Join(names, ", "))
+	}
+	if err != nil {
+		return err
+	}
+	for _, in := range ins {
+		if err := reg.AddSink(in.Name(), New(in)); err != nil {
+			return plugin.Error(in.Name(), err)
+		}
+	}
+	m.instances = ins
+	return nil
+}
+
+// Ready is always nil: a sink plugin that is down loses the records of its
+// downtime (counted as dropped) and nothing else; Degraded says so.
+func (m *Module) Ready() error { return nil }
+
+// Degraded describes the sink plugins that are down, or returns "".
+func (m *Module) Degraded() string { return plugin.Degraded(m.instances) }
