@@ -98,8 +98,12 @@ func benchGenerate[T any](b *testing.B, p *api.Proxy, gen func(*Generator, *inde
 	n := len(gen(g, ix, p))
 	b.ReportAllocs()
 	b.ResetTimer()
+	start := cpuTime()
 	for b.Loop() {
 		gen(g, ix, p)
+	}
+	if cpu := cpuTime() - start; cpu > 0 {
+		b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/op")
 	}
 	b.ReportMetric(float64(n), "resources")
 }

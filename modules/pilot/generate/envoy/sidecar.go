@@ -68,13 +68,20 @@ func newSidecarView(ix *index.Index, p *api.Proxy) *sidecarView {
 		host string
 		port uint32
 	}
-	seen := map[seenKey]bool{}
+	// Only several egress listeners can offer a service port twice.
+	var seen map[seenKey]bool
+	egress := egressOf(v.sc)
+	if len(egress) > 1 {
+		seen = map[seenKey]bool{}
+	}
 	add := func(sp svcPort) {
-		key := seenKey{sp.svc.Hostname, sp.listenPort}
-		if seen[key] {
-			return
+		if seen != nil {
+			key := seenKey{sp.svc.Hostname, sp.listenPort}
+			if seen[key] {
+				return
+			}
+			seen[key] = true
 		}
-		seen[key] = true
 		v.byHost[sp.svc.Hostname] = sp.svc
 		if sp.protocol.IsHTTP() {
 			v.http[sp.listenPort] = append(v.http[sp.listenPort], sp)
@@ -82,9 +89,10 @@ func newSidecarView(ix *index.Index, p *api.Proxy) *sidecarView {
 			v.l4 = append(v.l4, sp)
 		}
 	}
-	egress := egressOf(v.sc)
 	if len(egress) == 0 {
-		for _, s := range ix.Services(v.ns, v.sc) {
+		services := ix.Services(v.ns, v.sc)
+		v.byHost = make(map[string]*model.Service, len(services))
+		for _, s := range services {
 			for _, port := range s.Ports {
 				add(svcPort{svc: s, port: port, listenPort: port.Number, protocol: port.Protocol})
 			}

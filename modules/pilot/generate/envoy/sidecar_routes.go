@@ -68,8 +68,8 @@ func egressAllowsAny(sc *index.Sidecar, ns, vsNS, host string) bool {
 }
 
 func (g *Generator) sidecarRouteConfig(v *sidecarView, port uint32, extra map[*index.VirtualService][]string) *routev3.RouteConfiguration {
-	domains := map[string]bool{}
-	var vhosts []*routev3.VirtualHost
+	domains := make(map[string]bool, 6*len(v.http[port])+1)
+	vhosts := make([]*routev3.VirtualHost, 0, len(v.http[port])+1)
 	add := func(name string, ds []string, routes []*routev3.Route) {
 		kept := ds[:0:0]
 		for _, d := range ds {
