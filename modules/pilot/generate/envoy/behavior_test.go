@@ -490,3 +490,36 @@ func TestCheckersCatchMistakes(t *testing.T) {
 		}
 	}
 }
+
+// TestReservedPorts: service ports on Envoy's own ports get no wildcard
+// listener (Envoy refuses two listeners on one address), but a service
+// with its own address may use them.
+func TestReservedPorts(t *testing.T) {
+	ix := buildIndex(t, core.DefaultMeshConfig(), `
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: odd, namespace: app}
+spec:
+  hosts: [odd.app.svc.cluster.local]
+  ports: [{name: tcp, number: 15001, protocol: TCP}, {name: http, number: 15006, protocol: HTTP}, {name: metrics, number: 15090, protocol: HTTP}]
+  endpoints: [{address: 10.1.0.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: vip, namespace: app}
+spec:
+  hosts: [vip.app.svc.cluster.local]
+  addresses: [240.1.0.1]
+  ports: [{name: tcp, number: 15001, protocol: TCP}]
+  endpoints: [{address: 10.1.0.2}]
+`)
+	p := &api.Proxy{Type: api.Sidecar, Namespace: "app", IPs: []string{"10.1.0.1"}}
+	out := genAll(ix, p)
+	checkOutput(t, ix, p, out)
+	if got := listenerNames(out.listeners); !slices.Equal(got, []string{"240.1.0.1_15001", VirtualInboundListener, VirtualOutboundListener}) {
+		t.Errorf("listeners = %v", got)
+	}
+	if len(out.routes) != 0 || len(out.clusters) != 3 {
+		t.Errorf("%d routes and %d clusters; reserved inbound ports must get no inbound cluster", len(out.routes), len(out.clusters))
+	}
+}

@@ -59,6 +59,19 @@ const (
 	Wildcard = "0.0.0.0"
 )
 
+// reservedPort reports whether port belongs to Envoy's own listeners on the
+// wildcard address: the capture ports 15001 and 15006, and the bootstrap's
+// health (15021) and Prometheus (15090) ports. A service port among them
+// gets no wildcard listener, as in Istio; Envoy would refuse two
+// listeners on one address.
+func reservedPort(port uint32) bool {
+	switch port {
+	case VirtualOutboundPort, VirtualInboundPort, 15021, 15090:
+		return true
+	}
+	return false
+}
+
 // BootstrapClusters are clusters Envoy's bootstrap defines; resources may
 // refer to them although no CDS response carries them.
 var BootstrapClusters = []string{SDSCluster, XDSCluster}

@@ -139,6 +139,9 @@ func newSidecarView(ix *index.Index, p *api.Proxy) *sidecarView {
 		}
 	}
 	for port, sps := range v.http {
+		if reservedPort(port) {
+			continue // HTTP listeners are always on the wildcard address
+		}
 		slices.SortFunc(sps, func(a, b svcPort) int { return strings.Compare(a.svc.Hostname, b.svc.Hostname) })
 		v.httpPorts = append(v.httpPorts, port)
 	}
@@ -195,7 +198,7 @@ func inboundPorts(ix *index.Index, p *api.Proxy) []inboundPort {
 	if sc := ix.SidecarFor(p.Namespace, p.Labels); sc != nil && len(sc.Spec.GetIngress()) > 0 {
 		for _, in := range sc.Spec.GetIngress() {
 			n := in.GetPort().GetNumber()
-			if n == 0 || seen[n] {
+			if n == 0 || seen[n] || reservedPort(n) {
 				continue
 			}
 			addr, port, ok := parseDefaultEndpoint(in.GetDefaultEndpoint(), n)
@@ -215,7 +218,7 @@ func inboundPorts(ix *index.Index, p *api.Proxy) []inboundPort {
 	} else {
 		for _, t := range targets {
 			n := t.Endpoint.Port
-			if n == 0 || seen[n] {
+			if n == 0 || seen[n] || reservedPort(n) {
 				continue
 			}
 			seen[n] = true

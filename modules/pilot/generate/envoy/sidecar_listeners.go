@@ -125,6 +125,9 @@ func (g *Generator) outboundListeners(v *sidecarView) []*listenerv3.Listener {
 	}
 	for _, sp := range v.l4 {
 		bind, cidr := listenAddress(sp.svc)
+		if bind == Wildcard && reservedPort(sp.listenPort) {
+			continue
+		}
 		e := entry(bind, sp.listenPort)
 		if isTLS(sp.protocol) {
 			g.tlsChains(v, e, sp, cidr)
