@@ -133,6 +133,23 @@ func RunChild(ctx context.Context, o ChildOptions, out io.Writer) error {
 		}
 		push(kind)
 	})
+	// MESHLOAD_OPSPROFILE profiles the server over the measured ops only
+	// (the driver calls these around them).
+	var prof *os.File
+	mux.HandleFunc("POST /profile/start", func(http.ResponseWriter, *http.Request) {
+		if path := os.Getenv("MESHLOAD_OPSPROFILE"); path != "" && prof == nil {
+			if f, err := os.Create(path + "." + o.Impl); err == nil && pprof.StartCPUProfile(f) == nil {
+				prof = f
+			}
+		}
+	})
+	mux.HandleFunc("POST /profile/stop", func(http.ResponseWriter, *http.Request) {
+		if prof != nil {
+			pprof.StopCPUProfile()
+			prof.Close()
+			prof = nil
+		}
+	})
 	mux.HandleFunc("POST /quit", func(http.ResponseWriter, *http.Request) { cancel() })
 	hs := &http.Server{Handler: mux}
 	wg.Go(func() { _ = hs.Serve(ctl) })

@@ -259,6 +259,14 @@ func (c *child) push(kind string) error {
 	return nil
 }
 
+// profile starts or stops the child's CPU profile of the measured ops
+// (a no-op unless MESHLOAD_OPSPROFILE is set).
+func (c *child) profile(what string) {
+	if resp, err := c.hc.Post("http://"+c.ctl+"/profile/"+what, "", nil); err == nil {
+		resp.Body.Close()
+	}
+}
+
 func (c *child) stop() {
 	if c.ctl != "" {
 		if resp, err := c.hc.Post("http://"+c.ctl+"/quit", "", nil); err == nil {
@@ -487,6 +495,8 @@ func fullPush(ctx context.Context, o Options, impl string) (r Result) {
 	time.Sleep(300 * time.Millisecond)
 	n := o.Services
 	var ops []op
+	c.profile("start")
+	defer c.profile("stop")
 	for range o.Pushes {
 		res, err := measure(f, c, "full", func(_ *proxy, lr *liteResp) bool {
 			return lr.typeURL == api.ClusterType && lr.resources == n
@@ -526,6 +536,8 @@ func edsDelta(ctx context.Context, o Options, impl string, services int) (r Resu
 		changes = min(changes, o.BaselineChanges)
 	}
 	var ops []op
+	c.profile("start")
+	defer c.profile("stop")
 	for range changes {
 		res, err := measure(f, c, "endpoint", func(_ *proxy, lr *liteResp) bool {
 			return lr.typeURL == api.EndpointType && lr.resources > 0

@@ -222,6 +222,12 @@ func (s *Server) NewGRPCServer(creds credentials.TransportCredentials, extra ...
 		grpc.SharedWriteBuffer(true),
 		grpc.WriteBufferSize(s.opts.WriteBufferSize),
 		grpc.ReadBufferSize(s.opts.ReadBufferSize),
+		// Static receive windows: proxies send small requests, so no
+		// window needs to grow, and a fixed window turns off gRPC's
+		// bandwidth-estimation pings and the window updates that follow
+		// them on every connection.
+		grpc.InitialWindowSize(1 << 20),
+		grpc.InitialConnWindowSize(1 << 20),
 	}
 	if creds != nil {
 		opts = append(opts, grpc.Creds(creds))
