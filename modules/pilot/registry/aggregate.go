@@ -147,6 +147,7 @@ type Aggregate struct {
 	dirty   bool
 	version uint64
 	changed chan struct{}
+	running bool
 }
 
 // New returns an aggregate. precedence lists source names, highest first;
@@ -170,6 +171,9 @@ func New(log *slog.Logger, precedence []string) *Aggregate {
 func (a *Aggregate) Add(name string, s Source) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.running {
+		return fmt.Errorf("registry source %q: %w", name, ErrStarted)
+	}
 	if _, dup := a.sources[name]; dup {
 		return fmt.Errorf("registry source %q added twice", name)
 	}
@@ -233,6 +237,7 @@ func (a *Aggregate) SinkFor(name string) Sink { return sink{a: a, name: name} }
 // serving; it never stops the others.
 func (a *Aggregate) Run(ctx context.Context) error {
 	a.mu.Lock()
+	a.running = true
 	names := make([]string, 0, len(a.sources))
 	for n := range a.sources {
 		names = append(names, n)

@@ -2,14 +2,13 @@ package registry
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net/netip"
 	"slices"
 	"strings"
 	"sync"
 
 	galleyapi "github.com/meshd/meshd/modules/galley/api"
+	pilotapi "github.com/meshd/meshd/modules/pilot/api"
 	"github.com/meshd/meshd/modules/pilot/model"
 	networking "istio.io/api/networking/v1alpha3"
 )
@@ -20,41 +19,8 @@ import (
 const SourceConfig = "config"
 
 // Workload is a workload that joined at run time through the registration
-// API (the VM agent uses it). It is the run-time twin of a WorkloadEntry:
-// ServiceEntries select it by labels in its namespace.
-type Workload struct {
-	Name           string            `json:"name"`
-	Namespace      string            `json:"namespace"`
-	Address        string            `json:"address"`
-	Labels         map[string]string `json:"labels,omitempty"`
-	Ports          map[string]uint32 `json:"ports,omitempty"` // port name -> port the workload listens on
-	ServiceAccount string            `json:"serviceAccount,omitempty"`
-	Locality       string            `json:"locality,omitempty"`
-	Network        string            `json:"network,omitempty"`
-	Weight         uint32            `json:"weight,omitempty"`
-	// Healthy is the workload's own health check result.
-	Healthy bool `json:"healthy"`
-}
-
-// Validate checks a registration.
-func (w Workload) Validate() error {
-	var errs []error
-	if w.Name == "" {
-		errs = append(errs, errors.New("name is required"))
-	}
-	if w.Namespace == "" {
-		errs = append(errs, errors.New("namespace is required"))
-	}
-	if _, err := netip.ParseAddr(w.Address); err != nil {
-		errs = append(errs, fmt.Errorf("address %q is not an IP address", w.Address))
-	}
-	for name, p := range w.Ports {
-		if p == 0 || p > 65535 {
-			errs = append(errs, fmt.Errorf("port %s: %d out of range", name, p))
-		}
-	}
-	return errors.Join(errs...)
-}
+// API; the type lives in pilot's api package so the VM agent can use it.
+type Workload = pilotapi.Workload
 
 // ConfigSource serves services from config and registrations. It is fed
 // from outside: SetConfig when galley accepts a revision, Register and
