@@ -16,6 +16,7 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
 	"google.golang.org/protobuf/proto"
+	networking "istio.io/api/networking/v1alpha3"
 
 	"github.com/meshd/meshd/core"
 	"github.com/meshd/meshd/xds/api"
@@ -521,5 +522,59 @@ spec:
 	}
 	if len(out.routes) != 0 || len(out.clusters) != 3 {
 		t.Errorf("%d routes and %d clusters; reserved inbound ports must get no inbound cluster", len(out.routes), len(out.clusters))
+	}
+}
+
+func TestResources(t *testing.T) {
+	ix := testIndex(t, core.DefaultMeshConfig())
+	g := New(Options{})
+	for typ, want := range map[string]int{api.ListenerType: 11, api.RouteType: 4, api.ClusterType: 5, api.EndpointType: 0} {
+		got := g.Resources(ix, productpage, typ)
+		if len(got) != want {
+			t.Errorf("%s: %d resources, want %d", api.ShortType(typ), len(got), want)
+		}
+		for _, r := range got {
+			if r.Name == "" || r.Message == nil {
+				t.Errorf("%s: resource %+v", api.ShortType(typ), r)
+			}
+		}
+	}
+	if got := g.Resources(ix, &api.Proxy{Type: api.Proxyless, Namespace: "shop"}, api.ListenerType); got != nil {
+		t.Errorf("proxyless: %d listeners", len(got))
+	}
+}
+
+func TestServerTLSModes(t *testing.T) {
+	for _, tt := range []struct {
+		name          string
+		tls           *networking.ServerTLSSettings
+		certs         []string
+		ca            string
+		requireClient bool
+	}{
+		{"simple credential", &networking.ServerTLSSettings{Mode: networking.ServerTLSSettings_SIMPLE, CredentialName: "c"}, []string{"kubernetes://c"}, "", false},
+		{"mutual credential", &networking.ServerTLSSettings{Mode: networking.ServerTLSSettings_MUTUAL, CredentialName: "c"}, []string{"kubernetes://c"}, "kubernetes://c-cacert", true},
+		{"optional mutual", &networking.ServerTLSSettings{Mode: networking.ServerTLSSettings_OPTIONAL_MUTUAL, CredentialName: "c"}, []string{"kubernetes://c"}, "kubernetes://c-cacert", false},
+		{"separate CA credential", &networking.ServerTLSSettings{Mode: networking.ServerTLSSettings_MUTUAL, CredentialName: "c", CaCertCredentialName: "ca"}, []string{"kubernetes://c"}, "kubernetes://ca", true},
+		{"several credentials", &networking.ServerTLSSettings{Mode: networking.ServerTLSSettings_SIMPLE, CredentialNames: []string{"rsa", "ecdsa"}}, []string{"kubernetes://rsa", "kubernetes://ecdsa"}, "", false},
+		{"builtin", &networking.ServerTLSSettings{Mode: networking.ServerTLSSettings_SIMPLE, CredentialName: "builtin://"}, []string{"default"}, "", false},
+		{"istio mutual", &networking.ServerTLSSettings{Mode: networking.ServerTLSSettings_ISTIO_MUTUAL}, []string{"default"}, "ROOTCA", true},
+		{"files", &networking.ServerTLSSettings{Mode: networking.ServerTLSSettings_MUTUAL, ServerCertificate: "/c.pem", PrivateKey: "/k.pem", CaCertificates: "/ca.pem"}, []string{"file-cert:/c.pem~/k.pem"}, "file-root:/ca.pem", true},
+		{"mutual without a CA", &networking.ServerTLSSettings{Mode: networking.ServerTLSSettings_MUTUAL, ServerCertificate: "/c.pem", PrivateKey: "/k.pem"}, []string{"file-cert:/c.pem~/k.pem"}, "", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := serverTLSContext(tt.tls, true)
+			if errs := validateDeep(tt.name, ctx); len(errs) > 0 {
+				t.Fatal(errs)
+			}
+			var certs []string
+			for _, s := range ctx.GetCommonTlsContext().GetTlsCertificateSdsSecretConfigs() {
+				certs = append(certs, s.GetName())
+			}
+			ca := ctx.GetCommonTlsContext().GetCombinedValidationContext().GetValidationContextSdsSecretConfig().GetName()
+			if !slices.Equal(certs, tt.certs) || ca != tt.ca || ctx.GetRequireClientCertificate().GetValue() != tt.requireClient {
+				t.Errorf("certs %v, CA %q, require client cert %v; want %v, %q, %v", certs, ca, ctx.GetRequireClientCertificate().GetValue(), tt.certs, tt.ca, tt.requireClient)
+			}
+		})
 	}
 }

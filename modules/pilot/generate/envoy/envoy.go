@@ -120,3 +120,27 @@ func (g *Generator) Clusters(ix *index.Index, p *api.Proxy) []*clusterv3.Cluster
 	slices.SortFunc(out, func(a, b *clusterv3.Cluster) int { return cmp.Compare(a.GetName(), b.GetName()) })
 	return out
 }
+
+// Resources returns p's resources of one xDS type as the xds module takes
+// them: listeners (api.ListenerType), route configurations
+// (api.RouteType) or the Envoy-only clusters (api.ClusterType, to add to
+// the shared outbound clusters). Other types, and proxyless clients, get
+// nil.
+func (g *Generator) Resources(ix *index.Index, p *api.Proxy, typeURL string) []api.Resource {
+	var out []api.Resource
+	switch typeURL {
+	case api.ListenerType:
+		for _, l := range g.Listeners(ix, p) {
+			out = append(out, api.Resource{Name: l.GetName(), Message: l})
+		}
+	case api.RouteType:
+		for _, r := range g.Routes(ix, p) {
+			out = append(out, api.Resource{Name: r.GetName(), Message: r})
+		}
+	case api.ClusterType:
+		for _, c := range g.Clusters(ix, p) {
+			out = append(out, api.Resource{Name: c.GetName(), Message: c})
+		}
+	}
+	return out
+}

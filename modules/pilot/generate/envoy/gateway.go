@@ -449,7 +449,8 @@ func serverTLSContext(t *networking.ServerTLSSettings, http bool) *tlsv3.Downstr
 	}
 	return &tlsv3.DownstreamTlsContext{
 		CommonTlsContext:         common,
-		RequireClientCertificate: wrapperspb.Bool(mutual),
+		// Envoy refuses to require a client certificate it cannot verify.
+		RequireClientCertificate: wrapperspb.Bool(mutual && caSecret != nil),
 	}
 }
 
