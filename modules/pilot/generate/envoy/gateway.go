@@ -448,7 +448,7 @@ func serverTLSContext(t *networking.ServerTLSSettings, http bool) *tlsv3.Downstr
 		}
 	}
 	return &tlsv3.DownstreamTlsContext{
-		CommonTlsContext:         common,
+		CommonTlsContext: common,
 		// Envoy refuses to require a client certificate it cannot verify.
 		RequireClientCertificate: wrapperspb.Bool(mutual && caSecret != nil),
 	}
