@@ -3,13 +3,13 @@
 // on its standard output, which meshd routes into its own log tagged with
 // the plugin's name (stream=stdout). See docs/plugins.md.
 //
-//	- name: access-log
-//	  kind: sink
-//	  path: /usr/local/lib/meshd/stdout-sink
-//	  sha256: <sha256sum of the binary>
-//	  config:
-//	    format: text
-//	    sample: 10
+//   - name: access-log
+//     kind: sink
+//     path: /usr/local/lib/meshd/stdout-sink
+//     sha256: <sha256sum of the binary>
+//     config:
+//     format: text
+//     sample: 10
 package main
 
 import (
