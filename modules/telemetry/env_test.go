@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	datav3 "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
 	alsv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
@@ -31,6 +32,7 @@ import (
 	"github.com/meshd/meshd/core/store"
 	"github.com/meshd/meshd/modules/telemetry"
 	"github.com/meshd/meshd/xds"
+	xdsapi "github.com/meshd/meshd/xds/api"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -52,8 +54,24 @@ func (probe) Provision(ctx *core.Context) (err error) {
 	if probed.xds, err = core.Dep[*xds.Module](ctx, "xds"); err != nil {
 		return err
 	}
-	probed.tel, err = core.Dep[*telemetry.Module](ctx, telemetry.ID)
-	return err
+	if probed.tel, err = core.Dep[*telemetry.Module](ctx, telemetry.ID); err != nil {
+		return err
+	}
+	return probed.xds.RegisterGenerator(xdsapi.ClusterType, clusterGen{})
+}
+
+// clusterGen serves one cluster, so that a test's xDS client sees pushes
+// (and the xds module's metrics have something to count).
+type clusterGen struct{}
+
+func (clusterGen) Key(*xdsapi.Proxy) string { return "" }
+
+func (clusterGen) Generate(context.Context, xdsapi.GenerateRequest) ([]xdsapi.Resource, error) {
+	c := &clusterv3.Cluster{Name: "outbound|9080||reviews.default.svc.cluster.local",
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		EdsClusterConfig: &clusterv3.Cluster_EdsClusterConfig{EdsConfig: &corev3.ConfigSource{
+			ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}}}}
+	return []xdsapi.Resource{{Name: c.Name, Message: c, Version: "1"}}, nil
 }
 
 // env is a running host with the xds and telemetry modules.
