@@ -131,8 +131,8 @@ func TestCodes(t *testing.T) {
 		require.False(t, seen[c.Code], "duplicate %s", c.Code)
 		seen[c.Code] = true
 		require.NotEmpty(t, c.Title)
-		require.Contains(t, []string{"decode", "validate", "analyze"}, c.Stage)
-		stage := map[byte]string{'1': "decode", '2': "validate", '3': "analyze"}[c.Code[3]]
+		require.Contains(t, []string{"decode", "validate", "analyze", "serve"}, c.Stage)
+		stage := map[byte]string{'1': "decode", '2': "validate", '3': "analyze", '4': "serve"}[c.Code[3]]
 		require.Equal(t, stage, c.Stage, string(c.Code))
 		got, ok := api.LookupCode(c.Code)
 		require.True(t, ok)

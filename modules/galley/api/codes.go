@@ -6,6 +6,10 @@ package api
 //   - GAL1xxx: decoding (syntax, schema, unknown fields)
 //   - GAL2xxx: per-object validation (Istio's field rules)
 //   - GAL3xxx: whole-set analysis (references and conflicts between objects)
+//   - GAL4xxx: serving (external validators)
+//
+// Findings of external validators (Validator) carry the validator's own
+// codes.
 type Code string
 
 // Decoding codes.
@@ -84,6 +88,11 @@ const (
 	CodeSubsetNoMatch    Code = "GAL3014"
 	CodeHostNotOnGateway Code = "GAL3015"
 	CodePortRequired     Code = "GAL3016"
+)
+
+// Serving codes.
+const (
+	CodeValidatorFailed Code = "GAL4001"
 )
 
 // CodeInfo documents a code: its usual severity, the stage that reports it,
@@ -166,6 +175,8 @@ var codeTable = [...]CodeInfo{
 	{CodeSubsetNoMatch, SeverityWarning, "analyze", "subset labels match no workload of the service", "IST0173"},
 	{CodeHostNotOnGateway, SeverityWarning, "analyze", "VirtualService host not served by its Gateway", "IST0132"},
 	{CodePortRequired, SeverityError, "analyze", "destination port required: the service has several ports", "IST0112"},
+
+	{CodeValidatorFailed, SeverityError, "serve", "an external validator failed; the change waits for it (a warning with failurePolicy ignore)", ""},
 }
 
 // Codes returns the documentation of every code, ordered by code.
