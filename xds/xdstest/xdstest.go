@@ -54,11 +54,15 @@ func NewServer(t testing.TB, opts server.Options) *Server {
 	return &Server{Server: s, Addr: lis.Addr().String()}
 }
 
-// Node returns an Istio sidecar node for pod name in namespace ns.
-func Node(name, ns string) *corev3.Node {
+// Node returns an Istio sidecar node for pod name in namespace ns, service
+// account "default".
+func Node(name, ns string) *corev3.Node { return NodeSA(name, ns, "default") }
+
+// NodeSA is Node with service account sa.
+func NodeSA(name, ns, sa string) *corev3.Node {
 	md, _ := structpb.NewStruct(map[string]any{
 		api.MetaNamespace:      ns,
-		api.MetaServiceAccount: "default",
+		api.MetaServiceAccount: sa,
 		api.MetaLabels:         map[string]any{"app": name},
 	})
 	return &corev3.Node{Id: "sidecar~10.0.0.1~" + name + "." + ns + "~" + ns + ".svc.cluster.local", Metadata: md}
