@@ -14,8 +14,8 @@ import (
 // benchServices is the mesh size the benchmarks generate for.
 const benchServices = 1000
 
-// benchYAML is a mesh of n services over ten namespaces: 70% HTTP (with a
-// second gRPC port on every fifth), 20% TCP (half with a virtual IP), 10%
+// benchYAML is a mesh of n services over ten namespaces: 70% HTTP (two in
+// seven with a second gRPC port), 20% TCP (half with a virtual IP), 10%
 // TLS; a DestinationRule with two subsets and a VirtualService splitting
 // between them for every tenth service; the benchmark workload's own
 // service; and an ingress Gateway (HTTP, HTTPS) with a VirtualService bound
