@@ -45,14 +45,15 @@ response was acknowledged), STALE (sent, not acknowledged yet), NACKED (the
 proxy rejected it and runs its last good config) or NOT SENT. Rejections are
 listed under the table with the proxy's error detail.
 
-The exit status is 1 when any proxy is NACKED.`,
+The exit status is 1 when any proxy is NACKED, and 2 when the status
+cannot be read.`,
 		Args:          cobra.MaximumNArgs(1),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			statuses, err := fetch(admin, timeout)
 			if err != nil {
-				return err
+				return &ExitError{Code: 2, Err: err}
 			}
 			if len(args) == 1 {
 				statuses = slices.DeleteFunc(statuses, func(s api.ProxyStatus) bool { return !strings.Contains(s.ID, args[0]) })
