@@ -4,6 +4,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshd/meshd/modules/galley/validatecmd"
+	"github.com/meshd/meshd/xds/statuscmd"
 )
 
 // moduleCommands returns the subcommands that modules contribute (validate,
@@ -12,5 +13,6 @@ import (
 func moduleCommands() []*cobra.Command {
 	return []*cobra.Command{
 		validatecmd.NewValidateCommand(),
+		statuscmd.NewStatusCommand(),
 	}
 }
