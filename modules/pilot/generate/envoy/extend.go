@@ -75,7 +75,9 @@ type HTTPFilterExtension interface {
 }
 
 // ConnectionManagerExtension adjusts an HTTP connection manager after it
-// is built: access logs, tracing, request ID settings.
+// is built: access logs, tracing, request ID settings. Its HTTP filters
+// are shared between connection managers: append or replace entries, but
+// do not modify the existing filter messages in place.
 type ConnectionManagerExtension interface {
 	ConnectionManager(c Chain, h *hcmv3.HttpConnectionManager)
 }

@@ -65,7 +65,7 @@ func l4Applies(ix *index.Index, m l4Match, vsNS, gateway string, port uint32, p 
 		if !model.LabelsMatch(m.GetSourceLabels(), p.Labels) {
 			return false
 		}
-		if ns := m.GetSourceNamespace(); ns != "" && ns != p.Namespace {
+		if ns := m.GetSourceNamespace(); ns != "" && ns != proxyNamespace(p) {
 			return false
 		}
 	}

@@ -152,6 +152,15 @@ func newSidecarView(ix *index.Index, p *api.Proxy) *sidecarView {
 	return v
 }
 
+// proxyNamespace is the namespace a proxy's config is scoped by: its own,
+// or "default" when it names none, as the shared generators assume.
+func proxyNamespace(p *api.Proxy) string {
+	if p.Namespace == "" {
+		return "default"
+	}
+	return p.Namespace
+}
+
 // egressOf returns a Sidecar's egress listeners; nil for no Sidecar.
 func egressOf(sc *index.Sidecar) []*networking.IstioEgressListener {
 	if sc == nil {
@@ -195,7 +204,7 @@ func inboundPorts(ix *index.Index, p *api.Proxy) []inboundPort {
 	targets := ix.ServiceTargets(p.IPs)
 	var out []inboundPort
 	seen := map[uint32]bool{}
-	if sc := ix.SidecarFor(p.Namespace, p.Labels); sc != nil && len(sc.Spec.GetIngress()) > 0 {
+	if sc := ix.SidecarFor(proxyNamespace(p), p.Labels); sc != nil && len(sc.Spec.GetIngress()) > 0 {
 		for _, in := range sc.Spec.GetIngress() {
 			n := in.GetPort().GetNumber()
 			if n == 0 || seen[n] || reservedPort(n) {
