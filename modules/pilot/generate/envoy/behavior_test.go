@@ -578,3 +578,61 @@ func TestServerTLSModes(t *testing.T) {
 		})
 	}
 }
+
+// TestGatewayTLSTermination covers a TLS server that terminates TLS and
+// proxies TCP by the bound VirtualService's tcp route.
+func TestGatewayTLSTermination(t *testing.T) {
+	ix := buildIndex(t, core.DefaultMeshConfig(), `
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: data}
+spec:
+  hosts: [db.data.svc.cluster.local]
+  ports: [{name: tcp, number: 5432, protocol: TCP}]
+  endpoints: [{address: 10.1.0.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: edge}
+spec:
+  selector: {app: gw}
+  servers:
+  - port: {number: 5433, name: tls-db, protocol: TLS}
+    hosts: ["data/db.example.com"]
+    tls: {mode: SIMPLE, credentialName: db-cert}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db, namespace: data}
+spec:
+  hosts: [db.example.com]
+  gateways: [edge/gw]
+  tcp:
+  - match: [{port: 5433}]
+    route: [{destination: {host: db}}]
+`)
+	p := &api.Proxy{Type: api.Gateway, Namespace: "edge", Labels: map[string]string{"app": "gw"}}
+	out := genAll(ix, p)
+	checkOutput(t, ix, p, out)
+	l := findListener(out.listeners, "0.0.0.0_5433")
+	if l == nil || len(l.GetFilterChains()) != 1 {
+		t.Fatalf("listeners = %v", listenerNames(out.listeners))
+	}
+	fc := l.GetFilterChains()[0]
+	if got := fc.GetFilterChainMatch().GetServerNames(); !slices.Equal(got, []string{"db.example.com"}) {
+		t.Errorf("server names = %v", got)
+	}
+	if got := tcpOf(t, fc).GetCluster(); got != "outbound|5432||db.data.svc.cluster.local" {
+		t.Errorf("cluster = %s", got)
+	}
+	var ctx tlsv3.DownstreamTlsContext
+	if err := fc.GetTransportSocket().GetTypedConfig().UnmarshalTo(&ctx); err != nil {
+		t.Fatal(err)
+	}
+	if alpn := ctx.GetCommonTlsContext().GetAlpnProtocols(); len(alpn) != 0 {
+		t.Errorf("a TCP server must not offer HTTP ALPN, got %v", alpn)
+	}
+	if len(out.routes) != 0 {
+		t.Errorf("a TLS server that is not HTTPS needs no routes, got %d", len(out.routes))
+	}
+}
