@@ -1,0 +1,80 @@
+package pluginvalidator
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/meshd/meshd/core"
+	"github.com/meshd/meshd/core/plugin"
+	"github.com/meshd/meshd/modules/galley/api"
+)
+
+func init() { core.Register(new(Module)) }
+
+// ModuleID is the module that hands validator plugins to galley.
+const ModuleID core.ModuleID = "galley.validator.plugin"
+
+const galleyID core.ModuleID = "galley"
+
+// adder is the part of api.Galley this module uses.
+type adder interface {
+	AddValidator(name string, v api.Validator) error
+}
+
+// Module adds each validator plugin (modules.plugins, kind validator) to
+// galley's checks, named after the plugin. It does nothing when no
+// validator plugin is declared.
+type Module struct {
+	instances []*plugin.Instance
+}
+
+// Interface guards.
+var (
+	_ core.Provisioner = (*Module)(nil)
+	_ core.Readier     = (*Module)(nil)
+)
+
+// MeshModule implements core.Module.
+func (*Module) MeshModule() core.ModuleInfo {
+	return core.ModuleInfo{
+		ID:          ModuleID,
+		New:         func() core.Module { return new(Module) },
+		Uses:        []core.ModuleID{plugin.ID, galleyID},
+		Description: "adds the validator plugins of modules.plugins to galley's config checks",
+	}
+}
+
+// Provision adds the validators. Galley must run when validator plugins
+// are declared.
+func (m *Module) Provision(ctx *core.Context) error {
+	ins, err := plugin.Lookup(ctx, Kind)
+	if err != nil || len(ins) == 0 {
+		return err
+	}
+	g, err := core.Dep[adder](ctx, galleyID)
+	if errors.Is(err, core.ErrModuleDisabled) {
+		names := make([]string, len(ins))
+		for i, in := range ins {
+			names[i] = in.Name()
+		}
+		return fmt.Errorf("modules.plugins declares validator plugins (%s) but galley is disabled", strings.Join(names, ", "))
+	}
+	if err != nil {
+		return err
+	}
+	for _, in := range ins {
+		if err := g.AddValidator(in.Name(), New(in)); err != nil {
+			return plugin.Error(in.Name(), err)
+		}
+	}
+	m.instances = ins
+	return nil
+}
+
+// Ready is always nil: while a validator plugin is down, galley keeps the
+// last accepted config (or applies its failure policy); Degraded says so.
+func (m *Module) Ready() error { return nil }
+
+// Degraded describes the validator plugins that are down, or returns "".
+func (m *Module) Degraded() string { return plugin.Degraded(m.instances) }
