@@ -1,6 +1,7 @@
 package index
 
 import (
+	"slices"
 	"testing"
 
 	"github.com/meshd/meshd/core"
@@ -67,5 +68,25 @@ spec:
 				t.Errorf("LocalitySensitive: %v, want %v", got, tt.locality)
 			}
 		})
+	}
+}
+
+func TestSubsetNames(t *testing.T) {
+	r := decode.Decode("t.yaml", []byte(config+`
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews-wide, namespace: other}
+spec:
+  host: "*.shop.svc.cluster.local"
+  subsets: [{name: v1, labels: {version: v1}}, {name: canary, labels: {track: canary}}]
+`))
+	ix := New(core.DefaultMeshConfig(), "meshd-system", nil, galleyapi.NewSnapshot(1, r.Objects))
+	got := ix.SubsetNames("reviews.shop.svc.cluster.local")
+	if want := []string{"canary", "v1"}; !slices.Equal(got, want) {
+		t.Fatalf("SubsetNames = %v, want %v", got, want)
+	}
+	if got := ix.SubsetNames("api.example.com"); len(got) != 0 {
+		t.Fatalf("SubsetNames(api.example.com) = %v", got)
 	}
 }
