@@ -3,6 +3,7 @@ package cli
 import (
 	"github.com/spf13/cobra"
 
+	"github.com/meshd/meshd/core/plugin/plugincmd"
 	"github.com/meshd/meshd/modules/galley/validatecmd"
 	"github.com/meshd/meshd/xds/statuscmd"
 )
@@ -13,6 +14,7 @@ import (
 func moduleCommands() []*cobra.Command {
 	return []*cobra.Command{
 		validatecmd.NewValidateCommand(),
+		plugincmd.NewPluginsCommand(),
 		statuscmd.NewStatusCommand(),
 	}
 }
