@@ -133,6 +133,9 @@ spec:
 		t.Errorf("listeners = %v", got)
 	}
 	checkOutput(t, ix, p, out)
+	if got := New(Options{}).Problems(ix, p); len(got) != 5 || !strings.Contains(got[4], "0.0.0.0_5432") {
+		t.Errorf("Problems = %q, want the 4 rejected servers and the unrouted TCP listener", got)
+	}
 	// A route configuration with no VirtualService answers 404 rather than
 	// being missing.
 	for _, rc := range out.routes {
@@ -225,6 +228,9 @@ spec:
 	// cannot be told apart without an address and is dropped.
 	if got := tcpOf(t, l.GetDefaultFilterChain()).GetCluster(); got != "outbound|8000||raw.app.svc.cluster.local" {
 		t.Errorf("default chain cluster = %s", got)
+	}
+	if got := New(Options{}).Problems(ix, p); len(got) != 1 || !strings.Contains(got[0], "raw2.app.svc.cluster.local") {
+		t.Errorf("Problems = %q, want the dropped raw2", got)
 	}
 }
 
@@ -522,6 +528,9 @@ spec:
 	}
 	if len(out.routes) != 0 || len(out.clusters) != 3 {
 		t.Errorf("%d routes and %d clusters; reserved inbound ports must get no inbound cluster", len(out.routes), len(out.clusters))
+	}
+	if got := New(Options{}).Problems(ix, p); len(got) != 1 || !strings.Contains(got[0], "port 15001") {
+		t.Errorf("Problems = %q, want the TCP port 15001", got)
 	}
 }
 

@@ -121,6 +121,24 @@ func (g *Generator) Clusters(ix *index.Index, p *api.Proxy) []*clusterv3.Cluster
 	return out
 }
 
+// Problems returns what p's listeners leave out of the config and why:
+// Gateway servers that conflict on a port, TCP services that cannot share a
+// port, service ports Envoy uses itself. It is for debug views and logs;
+// none of it makes the output invalid.
+func (g *Generator) Problems(ix *index.Index, p *api.Proxy) []string {
+	switch p.Type {
+	case api.Sidecar:
+		v := newSidecarView(ix, p)
+		g.outboundListeners(v)
+		return v.problems
+	case api.Gateway:
+		m := mergeGateways(ix, p)
+		g.gatewayListeners(m)
+		return m.Rejected
+	}
+	return nil
+}
+
 // Resources returns p's resources of one xDS type as the xds module takes
 // them: listeners (api.ListenerType), route configurations
 // (api.RouteType) or the Envoy-only clusters (api.ClusterType, to add to

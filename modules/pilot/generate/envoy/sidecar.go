@@ -50,6 +50,8 @@ type sidecarView struct {
 	httpPorts []uint32
 	// l4 holds the TCP and TLS service ports, sorted by port then host.
 	l4 []svcPort
+	// problems lists what the listeners had to leave out, and why.
+	problems []string
 }
 
 func newSidecarView(ix *index.Index, p *api.Proxy) *sidecarView {

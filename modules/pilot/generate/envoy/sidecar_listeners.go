@@ -58,6 +58,7 @@ func (g *Generator) virtualOutbound(v *sidecarView) *listenerv3.Listener {
 
 // outEntry collects the filter chains of one outbound listener.
 type outEntry struct {
+	v          *sidecarView
 	name       string
 	bind       string
 	port       uint32
@@ -84,23 +85,25 @@ func matchKey(m *listenerv3.FilterChainMatch) string {
 }
 
 // add adds a chain unless one with the same match is there (the first
-// wins, as in Istio). Chains that match everything become the fallback.
-func (e *outEntry) add(fc *listenerv3.FilterChain) bool {
+// wins, as in Istio; what describes the loser for Problems). Chains that
+// match everything become the fallback.
+func (e *outEntry) add(fc *listenerv3.FilterChain, what string) {
 	if fc.GetFilterChainMatch() == nil || (len(fc.GetFilterChainMatch().GetServerNames()) == 0 && len(fc.GetFilterChainMatch().GetPrefixRanges()) == 0) {
 		if e.fallback != nil {
-			return false
+			e.v.problems = append(e.v.problems, "listener "+e.name+": "+what+" left out: the port already forwards everything elsewhere (give the service an address)")
+			return
 		}
 		fc.FilterChainMatch = nil
 		e.fallback = fc
-		return true
+		return
 	}
 	k := matchKey(fc.GetFilterChainMatch())
 	if e.matchTaken[k] {
-		return false
+		e.v.problems = append(e.v.problems, "listener "+e.name+": "+what+" left out: an earlier chain has the same match")
+		return
 	}
 	e.matchTaken[k] = true
 	e.chains = append(e.chains, fc)
-	return true
 }
 
 // outboundListeners builds a listener per outbound port: 0.0.0.0_<port>
@@ -115,7 +118,7 @@ func (g *Generator) outboundListeners(v *sidecarView) []*listenerv3.Listener {
 		if e := entries[name]; e != nil {
 			return e
 		}
-		e := &outEntry{name: name, bind: bind, port: port, matchTaken: map[string]bool{}}
+		e := &outEntry{v: v, name: name, bind: bind, port: port, matchTaken: map[string]bool{}}
 		entries[name] = e
 		order = append(order, e)
 		return e
@@ -126,6 +129,7 @@ func (g *Generator) outboundListeners(v *sidecarView) []*listenerv3.Listener {
 	for _, sp := range v.l4 {
 		bind, cidr := listenAddress(sp.svc)
 		if bind == Wildcard && reservedPort(sp.listenPort) {
+			v.problems = append(v.problems, "service "+sp.svc.Hostname+" port "+portString(sp.listenPort)+" left out: Envoy uses the port itself")
 			continue
 		}
 		e := entry(bind, sp.listenPort)
@@ -205,7 +209,7 @@ func (g *Generator) tlsChains(v *sidecarView, e *outEntry, sp svcPort, cidr *cor
 					FilterChainMatch: match,
 					Filters:          g.tcpProxyFilters(c, l4StatPrefix(vs, clusters), clusters),
 					Metadata:         configMetadata(vs),
-				})
+				}, "tls route of VirtualService "+vs.Namespace()+"/"+vs.Object.Name)
 				matched = true
 			}
 		}
@@ -220,7 +224,7 @@ func (g *Generator) tlsChains(v *sidecarView, e *outEntry, sp svcPort, cidr *cor
 	e.add(&listenerv3.FilterChain{
 		FilterChainMatch: match,
 		Filters:          g.tcpProxyFilters(c, sp.cluster(), []weightedCluster{{name: sp.cluster()}}),
-	})
+	}, "TLS service "+sp.svc.Hostname)
 }
 
 // sniNames returns the SNI names to match: none when "*" is among them.
@@ -238,6 +242,9 @@ func sniNames(hosts []string) []string {
 // per subnet and keep looking), else one to the service itself.
 func (g *Generator) tcpChains(v *sidecarView, e *outEntry, sp svcPort, cidr *corev3.CidrRange) {
 	c := Chain{Class: SidecarOutbound, Proxy: v.p, Index: v.ix, Listener: e.name, Port: e.port, Protocol: sp.protocol, Service: sp.svc}
+	what := func(vs *index.VirtualService) string {
+		return "tcp route of VirtualService " + vs.Namespace() + "/" + vs.Object.Name + " for " + sp.svc.Hostname
+	}
 	for _, vs := range v.ix.MeshVirtualServices(v.ns, sp.svc.Hostname) {
 		for _, rule := range vs.Spec.GetTcp() {
 			if len(rule.GetRoute()) == 0 {
@@ -252,7 +259,7 @@ func (g *Generator) tcpChains(v *sidecarView, e *outEntry, sp svcPort, cidr *cor
 				}
 			}
 			if len(rule.GetMatch()) == 0 {
-				e.add(chain(withCIDR(cidr)))
+				e.add(chain(withCIDR(cidr)), what(vs))
 				return
 			}
 			for _, m := range rule.GetMatch() {
@@ -261,17 +268,17 @@ func (g *Generator) tcpChains(v *sidecarView, e *outEntry, sp svcPort, cidr *cor
 				}
 				subnets := cidrRanges(m.GetDestinationSubnets())
 				if len(subnets) == 0 {
-					e.add(chain(withCIDR(cidr)))
+					e.add(chain(withCIDR(cidr)), what(vs))
 					return
 				}
-				e.add(chain(subnets))
+				e.add(chain(subnets), what(vs))
 			}
 		}
 	}
 	e.add(&listenerv3.FilterChain{
 		FilterChainMatch: &listenerv3.FilterChainMatch{PrefixRanges: withCIDR(cidr)},
 		Filters:          g.tcpProxyFilters(c, sp.cluster(), []weightedCluster{{name: sp.cluster()}}),
-	})
+	}, "TCP service "+sp.svc.Hostname)
 }
 
 func (g *Generator) outboundListener(v *sidecarView, e *outEntry) *listenerv3.Listener {
