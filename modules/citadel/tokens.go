@@ -163,7 +163,9 @@ type tokenAuthenticator struct {
 func (a *tokenAuthenticator) Name() string { return "join-token" }
 
 func (a *tokenAuthenticator) Authenticate(_ context.Context, in *AuthInput) (*Caller, error) {
-	if in.Bearer == "" {
+	// A JWT (header.payload.signature), such as a Kubernetes
+	// service-account token, is another authenticator's credential.
+	if in.Bearer == "" || strings.Count(in.Bearer, ".") == 2 {
 		return nil, ErrNoCredential
 	}
 	id, secret, ok := strings.Cut(in.Bearer, ".")
