@@ -145,7 +145,7 @@ func (h *hostNames) service(host []byte) string {
 	case len(name) == 0:
 		return transient(host)
 	case len(rest) == 0: // reviews
-		if _, err := netip.ParseAddr(transient(host)); err == nil {
+		if bytes.IndexByte(host, ':') >= 0 { // an IPv6 address
 			return transient(host)
 		}
 		suffix = "." + h.namespace + ".svc." + h.domain

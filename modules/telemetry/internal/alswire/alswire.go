@@ -163,6 +163,19 @@ func (m *Message) Remaining() int {
 // field reads one field: its number, wire type, the payload of a
 // length-delimited field, and the bytes consumed (negative on error).
 func field(b []byte) (protowire.Number, protowire.Type, []byte, int) {
+	// Fast path: a one-byte tag and, for a length-delimited field, a
+	// one-byte length, which is most fields of an access-log entry.
+	if len(b) >= 2 && b[0] < 0x80 && b[0] >= 8 {
+		num, typ := protowire.Number(b[0]>>3), protowire.Type(b[0]&7)
+		switch {
+		case typ == protowire.BytesType && b[1] < 0x80:
+			if end := 2 + int(b[1]); end <= len(b) {
+				return num, typ, b[2:end], end
+			}
+		case typ == protowire.VarintType && b[1] < 0x80:
+			return num, typ, nil, 2
+		}
+	}
 	num, typ, n := protowire.ConsumeTag(b)
 	if n < 0 {
 		return 0, 0, nil, n
@@ -183,6 +196,9 @@ func field(b []byte) (protowire.Number, protowire.Type, []byte, int) {
 
 // varintField reads one field and, when it is a varint, its value.
 func varintField(b []byte) (protowire.Number, protowire.Type, []byte, uint64, int) {
+	if len(b) >= 2 && b[0] < 0x80 && b[0] >= 8 && b[0]&7 == byte(protowire.VarintType) && b[1] < 0x80 {
+		return protowire.Number(b[0] >> 3), protowire.VarintType, nil, uint64(b[1]), 2
+	}
 	num, typ, n := protowire.ConsumeTag(b)
 	if n < 0 {
 		return 0, 0, nil, 0, n
