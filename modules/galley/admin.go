@@ -115,8 +115,8 @@ type ChangeView struct {
 type RevisionDetail struct {
 	RevisionInfo
 	Changes []ChangeView `json:"changes"`
-	// Objects is the whole config of the revision, ordered by key.
-	Objects []ObjectView `json:"objects,omitempty"`
+	// Config is the whole config of the revision, ordered by key.
+	Config []ObjectView `json:"config,omitempty"`
 }
 
 // ObjectChange is a key whose object differs between two revisions.
@@ -209,83 +209,19 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 // Revisions lists the retained revisions, newest first (limit 0: all).
-func (m *Module) Revisions(limit int) (*RevisionList, error) {
-	list, err := m.store.list(limit)
-	if err != nil {
-		return nil, err
-	}
-	if list == nil {
-		list = []RevisionInfo{}
-	}
-	return &RevisionList{Current: m.engine.Accepted().Revision(), Revisions: list}, nil
-}
+func (m *Module) Revisions(limit int) (*RevisionList, error) { return m.history().Revisions(limit) }
 
 // Revision returns revision n with its changes and, if objects, its whole
 // config.
 func (m *Module) Revision(n uint64, objects bool) (*RevisionDetail, error) {
-	mat, err := m.store.materialize(n)
-	if err != nil {
-		return nil, err
-	}
-	d := &RevisionDetail{RevisionInfo: mat.record.info(), Changes: []ChangeView{}}
-	for _, c := range mat.record.Changes {
-		origin := ""
-		if c.After != nil {
-			origin = c.After.Origin
-		} else if c.Before != nil {
-			origin = c.Before.Origin
-		}
-		d.Changes = append(d.Changes, ChangeView{Key: c.Key, Op: c.Op, Origin: origin})
-	}
-	if objects {
-		d.Objects = []ObjectView{}
-		for _, k := range keysOf(mat.entries) {
-			d.Objects = append(d.Objects, view(k, mat.entries[k], mat.blobs))
-		}
-	}
-	return d, nil
-}
-
-func view(k api.Key, e Entry, blobs map[blobHash][]byte) ObjectView {
-	return ObjectView{Key: k, Origin: e.Origin, File: e.File, Line: e.Line, Object: blobs[e.Blob]}
+	return m.history().Revision(n, objects)
 }
 
 // Diff compares two revisions; to 0 means the latest, from 0 the one
 // before to.
-func (m *Module) Diff(from, to uint64) (*Diff, error) {
-	b, err := m.store.materialize(to)
-	if err != nil {
-		return nil, err
-	}
-	to = b.record.Revision
-	if from == 0 {
-		if to <= 1 {
-			return nil, fmt.Errorf("%w: revision %d has no previous revision", ErrNoRevision, to)
-		}
-		from = to - 1
-	}
-	a, err := m.store.materialize(from)
-	if err != nil {
-		return nil, err
-	}
-	d := &Diff{From: from, To: to, Added: []ObjectView{}, Removed: []ObjectView{}, Changed: []ObjectChange{}}
-	for _, k := range keysOf(a.entries) {
-		ea := a.entries[k]
-		eb, ok := b.entries[k]
-		switch {
-		case !ok:
-			d.Removed = append(d.Removed, view(k, ea, a.blobs))
-		case ea.Blob != eb.Blob:
-			d.Changed = append(d.Changed, ObjectChange{Key: k, From: view(k, ea, a.blobs), To: view(k, eb, b.blobs)})
-		}
-	}
-	for _, k := range keysOf(b.entries) {
-		if _, ok := a.entries[k]; !ok {
-			d.Added = append(d.Added, view(k, b.entries[k], b.blobs))
-		}
-	}
-	return d, nil
-}
+func (m *Module) Diff(from, to uint64) (*Diff, error) { return m.history().Diff(from, to) }
+
+func (m *Module) history() *History { return &History{st: m.store} }
 
 // Rollback makes a new revision equal to revision to. Every origin's
 // current content is held: it is applied again once it changes. See

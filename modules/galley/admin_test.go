@@ -41,10 +41,10 @@ func TestHistoryDiffRollback(t *testing.T) {
 	var rev RevisionDetail
 	require.Equal(t, http.StatusOK, h.get("/config/revisions/2", &rev))
 	require.Equal(t, []ChangeView{{Key: "VirtualService/shop/reviews", Op: OpUpdate, Origin: h.path("routes.yaml")}}, rev.Changes)
-	require.Len(t, rev.Objects, 3)
-	require.Equal(t, api.Key("DestinationRule/shop/reviews"), rev.Objects[0].Key)
-	require.Contains(t, compact(t, rev.Objects[2].Object), `"timeout":"2s"`)
-	require.Equal(t, 10, rev.Objects[0].Line, "line of the DestinationRule in reviews.yaml")
+	require.Len(t, rev.Config, 3)
+	require.Equal(t, api.Key("DestinationRule/shop/reviews"), rev.Config[0].Key)
+	require.Contains(t, compact(t, rev.Config[2].Object), `"timeout":"2s"`)
+	require.Equal(t, 10, rev.Config[0].Line, "line of the DestinationRule in reviews.yaml")
 
 	var errBody AdminError
 	require.Equal(t, http.StatusNotFound, h.get("/config/revisions/9", &errBody))
@@ -132,7 +132,7 @@ func TestHistoryIsBounded(t *testing.T) {
 	// Revision 6 is rebuilt from current by undoing 8 and 7.
 	var rev RevisionDetail
 	require.Equal(t, http.StatusOK, h.get("/config/revisions/6", &rev))
-	require.Contains(t, compact(t, rev.Objects[2].Object), `"timeout":"111.111s"`)
+	require.Contains(t, compact(t, rev.Config[2].Object), `"timeout":"111.111s"`)
 
 	// Blobs: 2 unchanged objects, and the VirtualService of revisions 5
 	// (the before of 6) to 8.
