@@ -123,4 +123,3 @@ func (h *History) Diff(from, to uint64) (*Diff, error) {
 	}
 	return d, nil
 }
-
