@@ -107,7 +107,11 @@ func parseSHA256(s string) ([]byte, error) {
 	}
 	b, err := hex.DecodeString(s)
 	if err != nil || len(b) != 32 {
-		return nil, fmt.Errorf("%q is not a hex SHA-256 (64 hex digits)", s)
+		hint := ""
+		if strings.Trim(s, "0123456789.e+-") == "" {
+			hint = "; YAML read it as a number: put it in quotes"
+		}
+		return nil, fmt.Errorf("%q is not a hex SHA-256 (64 hex digits)%s", s, hint)
 	}
 	return b, nil
 }

@@ -296,6 +296,7 @@ func TestConfigValidate(t *testing.T) {
 		{Name: "Bad Name", Kind: "discovery", Path: "/x", SHA256: sum},
 		{Name: "a", Kind: "frobnicator", Path: "", SHA256: "xyz"},
 		{Name: "a", Kind: "sink", Path: "/x"},
+		{Name: "b", Kind: "sink", Path: "/x", SHA256: "0"},
 	}
 	err := cfg.Validate()
 	for _, w := range []string{
@@ -305,6 +306,7 @@ func TestConfigValidate(t *testing.T) {
 		`plugins[1].sha256: "xyz" is not a hex SHA-256`,
 		`plugins[2].name: "a" is also the name of plugins[1]`,
 		"plugins[2].sha256: required",
+		`plugins[3].sha256: "0" is not a hex SHA-256 (64 hex digits); YAML read it as a number: put it in quotes`,
 	} {
 		if err == nil || !strings.Contains(err.Error(), w) {
 			t.Errorf("error %v lacks %q", err, w)
