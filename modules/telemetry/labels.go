@@ -140,6 +140,9 @@ func (h *hostNames) service(host []byte) string {
 	if h.namespace == "" {
 		return transient(host)
 	}
+	if s, ok := h.m[transient(host)]; ok {
+		return s
+	}
 	var suffix string
 	switch name, rest, _ := bytes.Cut(host, []byte(".")); {
 	case len(name) == 0:
@@ -155,9 +158,6 @@ func (h *hostNames) service(host []byte) string {
 		suffix = "." + h.domain
 	default:
 		return transient(host)
-	}
-	if s, ok := h.m[transient(host)]; ok {
-		return s
 	}
 	s := string(host) + suffix
 	if h.m == nil || len(h.m) >= maxHostNames {
