@@ -3,7 +3,9 @@ package cli
 import (
 	"github.com/spf13/cobra"
 
+	"github.com/meshd/meshd/core"
 	"github.com/meshd/meshd/core/plugin/plugincmd"
+	"github.com/meshd/meshd/modules/galley/galleycli"
 	"github.com/meshd/meshd/modules/galley/validatecmd"
 	"github.com/meshd/meshd/xds/statuscmd"
 )
@@ -13,8 +15,24 @@ import (
 // from init(), so the command tree is visible in one place.
 func moduleCommands() []*cobra.Command {
 	return []*cobra.Command{
-		validatecmd.NewValidateCommand(),
+		validatecmd.NewValidateCommandWithMesh(meshFromConfig),
 		plugincmd.NewPluginsCommand(),
 		statuscmd.NewStatusCommand(),
 	}
+}
+
+// moduleConfigCommands returns the subcommands that modules add under
+// `meshd config` (history, diff, rollback).
+func moduleConfigCommands() []*cobra.Command {
+	return galleycli.NewConfigCommands()
+}
+
+// meshFromConfig returns the mesh section of the effective config (-c or
+// MESHD_CONFIG, then MESHD_MESH_*), for commands that judge config offline.
+func meshFromConfig(cmd *cobra.Command) (core.MeshConfig, error) {
+	l, err := loadConfig(cmd.Flags(), core.DefaultRegistry())
+	if err != nil {
+		return core.MeshConfig{}, err
+	}
+	return l.Root.Mesh, nil
 }

@@ -113,6 +113,7 @@ func newConfigCmd(reg *core.Registry) *cobra.Command {
 	}
 	addConfigFlags(print.Flags())
 	cmd.AddCommand(print, newConfigReferenceCmd(reg))
+	cmd.AddCommand(moduleConfigCommands()...)
 	return cmd
 }
 

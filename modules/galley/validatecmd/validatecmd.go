@@ -45,12 +45,26 @@ type options struct {
 	rootNamespace string
 	clusterDomain string
 	mtlsMode      string
+	load          MeshLoader
 }
 
-// NewValidateCommand returns the `validate` command.
-func NewValidateCommand() *cobra.Command {
+// MeshLoader returns the mesh settings of a meshd config: the file given
+// with -c (or MESHD_CONFIG) and the MESHD_MESH_* environment, over the
+// defaults. The CLI supplies it, since reading meshd.yaml is its job.
+type MeshLoader func(cmd *cobra.Command) (core.MeshConfig, error)
+
+// NewValidateCommand returns the `validate` command with Istio's mesh
+// defaults and no config file.
+func NewValidateCommand() *cobra.Command { return NewValidateCommandWithMesh(nil) }
+
+// NewValidateCommandWithMesh returns the `validate` command. With load,
+// it takes -c/--config, and the mesh section of that config (or of
+// MESHD_CONFIG) supplies the root namespace, cluster domain and default mTLS
+// mode, so `meshd validate` judges files the way `meshd serve` with that
+// config does; the flags still override it, for offline use.
+func NewValidateCommandWithMesh(load MeshLoader) *cobra.Command {
 	mesh := core.DefaultMeshConfig()
-	o := &options{}
+	o := &options{load: load}
 	cmd := &cobra.Command{
 		Use:   "validate FILE|DIR...",
 		Short: "Check Istio config files offline: schema, field rules and whole-set analysis",
@@ -73,6 +87,9 @@ are only warnings and --strict is given.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.meshDefaults(cmd); err != nil {
+				return &ExitError{Code: ExitErrors, Msg: fmt.Sprintf("validate: %v", err)}
+			}
 			return run(cmd.InOrStdin(), cmd.OutOrStdout(), args, o)
 		},
 	}
@@ -80,10 +97,49 @@ are only warnings and --strict is given.`,
 	fs.StringVarP(&o.output, "output", "o", "text", "output format: text or json")
 	fs.BoolVar(&o.strict, "strict", false, "exit 2 when there are warnings but no errors")
 	fs.StringVarP(&o.namespace, "namespace", "n", api.DefaultNamespace, "namespace of objects that do not name one")
-	fs.StringVar(&o.rootNamespace, "root-namespace", "istio-system", "namespace that holds mesh-wide policies")
-	fs.StringVar(&o.clusterDomain, "cluster-domain", mesh.ClusterDomain, "DNS suffix short host names expand with")
-	fs.StringVar(&o.mtlsMode, "default-mtls-mode", mesh.DefaultMTLSMode, "mTLS mode where no PeerAuthentication applies: STRICT, PERMISSIVE or DISABLE")
+	// With a config, the mesh flags default to its mesh section; their
+	// own default shows "" so that the help says where it comes from.
+	meshFlag := func(dst *string, name, def, usage string) {
+		if load == nil {
+			fs.StringVar(dst, name, def, usage)
+			return
+		}
+		fs.StringVar(dst, name, "", usage+" (default: the meshd config's mesh section, else "+def+")")
+	}
+	if load != nil {
+		fs.StringP("config", "c", "", "meshd config file whose mesh section sets the defaults of the flags below; env MESHD_CONFIG")
+	}
+	meshFlag(&o.rootNamespace, "root-namespace", mesh.RootNamespace, "namespace that holds mesh-wide policies")
+	meshFlag(&o.clusterDomain, "cluster-domain", mesh.ClusterDomain, "DNS suffix short host names expand with")
+	meshFlag(&o.mtlsMode, "default-mtls-mode", mesh.DefaultMTLSMode, "mTLS mode where no PeerAuthentication applies: STRICT, PERMISSIVE or DISABLE")
 	return cmd
+}
+
+// meshDefaults fills the mesh flags the user left unset from the meshd
+// config.
+func (o *options) meshDefaults(cmd *cobra.Command) error {
+	if o.load == nil {
+		return nil
+	}
+	mesh, err := o.load(cmd)
+	if err != nil {
+		return err
+	}
+	fs := cmd.Flags()
+	for _, f := range []struct {
+		flag string
+		dst  *string
+		v    string
+	}{
+		{"root-namespace", &o.rootNamespace, mesh.RootNamespace},
+		{"cluster-domain", &o.clusterDomain, mesh.ClusterDomain},
+		{"default-mtls-mode", &o.mtlsMode, mesh.DefaultMTLSMode},
+	} {
+		if !fs.Changed(f.flag) {
+			*f.dst = f.v
+		}
+	}
+	return nil
 }
 
 func run(stdin io.Reader, stdout io.Writer, args []string, o *options) error {
@@ -99,6 +155,7 @@ func run(stdin io.Reader, stdout io.Writer, args []string, o *options) error {
 	mesh := core.DefaultMeshConfig()
 	mesh.ClusterDomain = o.clusterDomain
 	mesh.DefaultMTLSMode = mode
+	mesh.RootNamespace = o.rootNamespace
 	checker := galley.New(galley.Options{
 		Mesh:             mesh,
 		DefaultNamespace: o.namespace,

@@ -10,8 +10,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/spf13/cobra"
 	"github.com/stretchr/testify/require"
 
+	"github.com/meshd/meshd/core"
 	"github.com/meshd/meshd/modules/galley/api"
 	"github.com/meshd/meshd/modules/galley/validatecmd"
 )
@@ -146,4 +148,51 @@ func TestFlags(t *testing.T) {
 	cmd.SetOut(&bytes.Buffer{})
 	cmd.SetErr(&bytes.Buffer{})
 	require.Error(t, cmd.Execute(), "at least one path is required")
+}
+
+// TestMeshFromConfig: with a MeshLoader (the CLI passes one that reads -c
+// meshd.yaml), the config's mesh section sets the defaults, and flags
+// still win.
+func TestMeshFromConfig(t *testing.T) {
+	const input = `apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: mesh-root}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: r, namespace: shop}
+spec:
+  host: r.shop.svc.cluster.local
+  trafficPolicy: {tls: {mode: DISABLE}}
+`
+	var gotConfig string
+	load := func(cmd *cobra.Command) (core.MeshConfig, error) {
+		gotConfig, _ = cmd.Flags().GetString("config")
+		m := core.DefaultMeshConfig()
+		m.RootNamespace = "mesh-root"
+		return m, nil
+	}
+	exec := func(args ...string) (string, int) {
+		cmd := validatecmd.NewValidateCommandWithMesh(load)
+		var out bytes.Buffer
+		cmd.SetOut(&out)
+		cmd.SetIn(strings.NewReader(input))
+		cmd.SetArgs(args)
+		var ee *validatecmd.ExitError
+		if err := cmd.Execute(); errors.As(err, &ee) {
+			return out.String(), ee.ExitCode()
+		}
+		return out.String(), 0
+	}
+	out, code := exec("-c", "meshd.yaml", "-")
+	require.Equal(t, validatecmd.ExitErrors, code, out)
+	require.Contains(t, out, "GAL3011")
+	require.Equal(t, "meshd.yaml", gotConfig)
+
+	out, code = exec("--root-namespace", "istio-system", "-")
+	require.Equal(t, validatecmd.ExitClean, code, out)
+
+	help := validatecmd.NewValidateCommandWithMesh(load).Flags().Lookup("root-namespace").Usage
+	require.Contains(t, help, "default: the meshd config's mesh section, else istio-system")
 }
