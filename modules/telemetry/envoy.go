@@ -64,6 +64,19 @@ type envoyConfig struct {
 
 var _ api.EnvoyConfig = (*envoyConfig)(nil)
 
+// NewEnvoyConfig returns the fragments the module serves for cfg (nil:
+// the defaults), without running the module: for tests of the generators
+// that use them.
+func NewEnvoyConfig(cfg *Config) (api.EnvoyConfig, error) {
+	if cfg == nil {
+		cfg = Default()
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return newEnvoyConfig(cfg)
+}
+
 func newEnvoyConfig(cfg *Config) (*envoyConfig, error) {
 	e := &envoyConfig{cfg: cfg, httpLogs: map[api.Direction]*accesslogv3.AccessLog{}, tcpLogs: map[api.Direction]*accesslogv3.AccessLog{}}
 	common := func(logName string) *grpclogv3.CommonGrpcAccessLogConfig {
