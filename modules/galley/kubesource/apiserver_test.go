@@ -32,7 +32,9 @@ type recSink struct {
 	ch      chan struct{}
 }
 
-func newRecSink() *recSink { return &recSink{latest: map[string]api.Update{}, ch: make(chan struct{}, 1)} }
+func newRecSink() *recSink {
+	return &recSink{latest: map[string]api.Update{}, ch: make(chan struct{}, 1)}
+}
 
 func (s *recSink) Update(us ...api.Update) {
 	s.mu.Lock()

@@ -219,9 +219,15 @@ func (s *Source) Run(ctx context.Context, sink registry.Sink) error {
 			return err
 		}
 		for _, reg := range []func() (cache.ResourceEventHandlerRegistration, error){
-			func() (cache.ResourceEventHandlerRegistration, error) { return svc.Informer().AddEventHandler(r.serviceHandler()) },
-			func() (cache.ResourceEventHandlerRegistration, error) { return sl.Informer().AddEventHandler(r.sliceHandler()) },
-			func() (cache.ResourceEventHandlerRegistration, error) { return pod.Informer().AddEventHandler(r.podHandler()) },
+			func() (cache.ResourceEventHandlerRegistration, error) {
+				return svc.Informer().AddEventHandler(r.serviceHandler())
+			},
+			func() (cache.ResourceEventHandlerRegistration, error) {
+				return sl.Informer().AddEventHandler(r.sliceHandler())
+			},
+			func() (cache.ResourceEventHandlerRegistration, error) {
+				return pod.Informer().AddEventHandler(r.podHandler())
+			},
 		} {
 			h, err := reg()
 			if err != nil {
