@@ -30,7 +30,7 @@ type Signer interface {
 }
 
 // SignerRegistry lets a module hand citadel an external signer. The
-// citadel module implements it; the plugin host's citadel.signer.plugin
+// citadel module implements it; the plugin host's citadel-plugins
 // calls it from Provision with the signer plugin declared in meshd.yaml.
 type SignerRegistry interface {
 	SetSigner(name string, s Signer) error

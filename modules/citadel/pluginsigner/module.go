@@ -13,7 +13,7 @@ import (
 func init() { core.Register(new(Module)) }
 
 // ModuleID is the module that hands the signer plugin to citadel.
-const ModuleID core.ModuleID = "citadel.signer.plugin"
+const ModuleID core.ModuleID = "citadel-plugins"
 
 const citadelID core.ModuleID = "citadel"
 

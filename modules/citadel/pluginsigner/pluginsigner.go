@@ -1,7 +1,7 @@
 // Package pluginsigner runs certificate signers out of process: the gRPC
 // shims of the signer plugin kind (core/plugin/proto/signer/v1) on both
 // sides of the plugin boundary, a built-in api.Signer over citadel's own CA
-// (Local), and the module citadel.signer.plugin that hands the signer plugin
+// (Local), and the module citadel-plugins that hands the signer plugin
 // declared in meshd.yaml to citadel.
 //
 // The host does not trust what a plugin signs: CheckChain verifies that the

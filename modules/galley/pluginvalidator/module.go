@@ -13,7 +13,7 @@ import (
 func init() { core.Register(new(Module)) }
 
 // ModuleID is the module that hands validator plugins to galley.
-const ModuleID core.ModuleID = "galley.validator.plugin"
+const ModuleID core.ModuleID = "galley-plugins"
 
 const galleyID core.ModuleID = "galley"
 

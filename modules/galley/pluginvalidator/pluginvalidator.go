@@ -1,6 +1,6 @@
 // Package pluginvalidator runs config validators out of process: the gRPC
 // shims of the validator plugin kind (core/plugin/proto/validator/v1) on
-// both sides of the plugin boundary, and the module galley.validator.plugin
+// both sides of the plugin boundary, and the module galley-plugins
 // that adds each validator plugin declared in meshd.yaml to galley.
 //
 // The host sends every object of a candidate config set, its spec as the

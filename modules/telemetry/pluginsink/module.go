@@ -13,7 +13,7 @@ import (
 func init() { core.Register(new(Module)) }
 
 // ModuleID is the module that hands sink plugins to telemetry.
-const ModuleID core.ModuleID = "telemetry.sink.plugin"
+const ModuleID core.ModuleID = "telemetry-plugins"
 
 // Module adds each sink plugin (modules.plugins, kind sink) to telemetry's
 // access-log sinks, named after the plugin. It does nothing when no sink

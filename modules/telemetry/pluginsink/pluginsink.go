@@ -1,6 +1,6 @@
 // Package pluginsink runs telemetry sinks out of process: the gRPC shims of
 // the sink plugin kind (core/plugin/proto/sink/v1) on both sides of the
-// plugin boundary, and the module telemetry.sink.plugin that adds each sink
+// plugin boundary, and the module telemetry-plugins that adds each sink
 // plugin declared in meshd.yaml to telemetry.
 //
 // Telemetry hands each sink batches of access-log records without ever

@@ -13,7 +13,7 @@ import (
 func init() { core.Register(new(Module)) }
 
 // ModuleID is the module that hands discovery plugins to pilot.
-const ModuleID core.ModuleID = "pilot.discovery.plugin"
+const ModuleID core.ModuleID = "pilot-plugins"
 
 // pilotID is pilot's module ID.
 const pilotID core.ModuleID = "pilot"

@@ -16,7 +16,7 @@
 // their pointers across states on both sides, so pilot's change detection
 // stays cheap.
 //
-// The module pilot.discovery.plugin (module.go) adds every discovery plugin
+// The module pilot-plugins (module.go) adds every discovery plugin
 // declared in meshd.yaml to pilot through registry.Adder, so pilot itself
 // needs no plugin code.
 package pluginsource
