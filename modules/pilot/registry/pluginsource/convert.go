@@ -19,10 +19,14 @@ const chunkEndpoints = 1000
 // Limits on one state from a plugin. A plugin that sends more is cut off
 // with an error rather than allowed to grow meshd's memory without bound.
 const (
+	maxLabels = 64
+	maxString = 1024
+)
+
+// Limits on the size of one state; variables so tests can lower them.
+var (
 	maxServices  = 200_000
 	maxEndpoints = 2_000_000
-	maxLabels    = 64
-	maxString    = 1024
 )
 
 // encoder turns states into chunks on the plugin side. It remembers the

@@ -173,6 +173,8 @@ func (r *recordSink) Update(st registry.State) {
 func TestClientCutsOffOversizedState(t *testing.T) {
 	// A plugin that never ends its state: the host stops reading at the
 	// limit instead of buffering forever.
+	defer func(n int) { maxEndpoints = n }(maxEndpoints)
+	maxEndpoints = 20 * chunkEndpoints
 	big := &discoveryv1.Service{Hostname: "a.example.com", Namespace: "ns"}
 	for range chunkEndpoints {
 		big.Endpoints = append(big.Endpoints, &discoveryv1.Endpoint{Address: "10.0.0.1"})
