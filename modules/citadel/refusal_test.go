@@ -200,9 +200,12 @@ func TestForeignClientCertificateRejectedInHandshake(t *testing.T) {
 	stranger.join(t, w)
 	c, closeFn := e.client(t, nil, w.tlsCert(t))
 	defer closeFn()
+	// The client either sends the certificate and the handshake fails, or,
+	// seeing that the server does not ask for its issuer, sends none and
+	// the request is unauthenticated.
 	_, err := request(context.Background(), c, w.csr(t, nil, nil), "", 0)
-	if status.Code(err) != codes.Unavailable {
-		t.Fatalf("certificate from another CA: %v, want a failed handshake", err)
+	if code := status.Code(err); code != codes.Unavailable && code != codes.Unauthenticated {
+		t.Fatalf("certificate from another CA: %v", err)
 	}
 	if e.counter("citadel_server_success_cert_issuance_count") != 0 {
 		t.Fatal("issued to a foreign certificate")

@@ -80,11 +80,14 @@ func NewSelfSignedRoot(opts RootOptions) (*x509.Certificate, crypto.Signer, erro
 	if err != nil {
 		return nil, nil, err
 	}
+	// The serial in the name keeps the subjects of two roots apart even
+	// when they are made in the same second, since clients pick
+	// certificates and build chains by issuer name.
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
 		Subject: pkix.Name{
 			Organization: []string{opts.TrustDomain},
-			CommonName:   "meshd root CA " + now.UTC().Format("2006-01-02T15:04:05Z"),
+			CommonName:   fmt.Sprintf("meshd root CA %s %x", now.UTC().Format("2006-01-02"), serial.Bytes()[:4]),
 		},
 		NotBefore:             now.Add(-time.Minute),
 		NotAfter:              now.Add(opts.Lifetime),
