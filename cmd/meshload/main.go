@@ -72,6 +72,7 @@ func driver(args []string) int {
 	fs.IntVar(&o.BigService, "big", 100, "endpoints of the changing service")
 	fs.StringVar(&batches, "storm-batches", "1000,1000", "storm: proxies connecting at once, batch after batch, in one server (memory slope)")
 	fs.IntVar(&o.StormAtOnce, "storm-at-once", 2000, "storm: proxies connecting at once in a fresh server (-1: skip)")
+	fs.BoolVar(&o.StormDelta, "storm-delta", false, "storm proxies speak delta xDS instead of state of the world")
 	fs.IntVar(&o.BaselineMaxServices, "baseline-max-services", 1000, "skip baseline eds-delta above this size")
 	fs.IntVar(&o.BaselineChanges, "baseline-changes", 3, "endpoint changes measured for the baseline")
 	fs.DurationVar(&o.Timeout, "timeout", 120*time.Second, "bound on each measured step")

@@ -112,10 +112,10 @@ func readVarint(rd *mem.Reader) (uint64, error) {
 // plan says what a simulated proxy subscribes to.
 type plan struct {
 	delta bool
-	// sotw: CDS wildcard; with envoy, also EDS by name after CDS, LDS
-	// wildcard and RDS by name after LDS, like an Envoy sidecar.
-	envoy bool
-	// delta: EDS wildcard only.
+	// CDS wildcard; with envoy, also EDS by name after CDS, LDS wildcard
+	// and RDS by name after LDS, like an Envoy sidecar. Delta without
+	// envoy: EDS wildcard only.
+	envoy    bool
 	services int
 }
 
@@ -190,6 +190,12 @@ func (p *proxy) send(m any) error {
 // start sends the first requests and runs the receive loop until the
 // stream ends.
 func (p *proxy) start() error {
+	if p.plan.delta && p.plan.envoy {
+		if err := p.send(&discovery.DeltaDiscoveryRequest{Node: p.node, TypeUrl: api.ClusterType, ResourceNamesSubscribe: []string{"*"}}); err != nil {
+			return err
+		}
+		return p.send(&discovery.DeltaDiscoveryRequest{TypeUrl: api.ListenerType, ResourceNamesSubscribe: []string{"*"}})
+	}
 	if p.plan.delta {
 		return p.send(&discovery.DeltaDiscoveryRequest{Node: p.node, TypeUrl: api.EndpointType, ResourceNamesSubscribe: []string{"*"}})
 	}
@@ -212,6 +218,14 @@ func (p *proxy) run() error {
 		var err error
 		if p.plan.delta {
 			err = p.send(&discovery.DeltaDiscoveryRequest{TypeUrl: r.typeURL, ResponseNonce: r.nonce})
+			if err == nil && p.plan.envoy && !first[r.typeURL] {
+				switch r.typeURL {
+				case api.ClusterType:
+					err = p.send(&discovery.DeltaDiscoveryRequest{TypeUrl: api.EndpointType, ResourceNamesSubscribe: p.eds})
+				case api.ListenerType:
+					err = p.send(&discovery.DeltaDiscoveryRequest{TypeUrl: api.RouteType, ResourceNamesSubscribe: []string{RouteName}})
+				}
+			}
 		} else {
 			var names []string
 			switch r.typeURL {
@@ -250,7 +264,7 @@ func (p *proxy) complete() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	n := p.plan.services
-	if p.plan.delta {
+	if p.plan.delta && !p.plan.envoy {
 		return p.got[api.EndpointType] >= n
 	}
 	if p.got[api.ClusterType] != n {

@@ -43,6 +43,9 @@ type Options struct {
 	// fresh server (default 2000; negative skips it).
 	StormBatches []int
 	StormAtOnce  int
+	// StormDelta makes the storm proxies speak delta xDS (same
+	// subscriptions) instead of state of the world.
+	StormDelta bool
 	// BaselineMaxServices skips baseline eds-delta runs above this size
 	// (default 1000): its per-node snapshots hash every resource per node
 	// per change, which at 10,000 services takes minutes per change.
@@ -564,6 +567,9 @@ func storm(ctx context.Context, o Options, impl string) []Result {
 			total += b
 		}
 		r = Result{Scenario: "storm", Impl: impl, Services: o.Services, Proxies: total, Protocol: "sotw CDS+EDS+LDS+RDS"}
+		if o.StormDelta {
+			r.Protocol = "delta CDS+EDS+LDS+RDS"
+		}
 		c, err := startChild(ctx, o, ChildOptions{Impl: impl, Services: o.Services, Big: o.BigService})
 		if err != nil {
 			fail(&r, err)
@@ -578,7 +584,7 @@ func storm(ctx context.Context, o Options, impl string) []Result {
 			fmt.Fprintf(o.Log, "storm %s: %d proxies connecting at once (%d connected)\n", impl, b, connected)
 			s0, _ := c.stats(false)
 			d0 := driverCPU()
-			ph, err := f.connect(c.xds, b, plan{envoy: true, services: o.Services}, o.Timeout)
+			ph, err := f.connect(c.xds, b, plan{envoy: true, delta: o.StormDelta, services: o.Services}, o.Timeout)
 			lat := ph.latencies()
 			wall := time.Since(ph.t0)
 			if len(lat) > 0 {

@@ -36,10 +36,6 @@ type typeState struct {
 	depType   string
 	refsOf    func(proto.Message) []string
 	groups    map[string]*group
-	// names interns subscribed names: requests name the same few thousand
-	// resources over and over, and every stream's subscription map keeps
-	// its names, so they are replaced by the snapshot's own strings.
-	names atomic.Pointer[map[string]string]
 }
 
 // group is the proxies of one type that share a generator key, and the
@@ -94,9 +90,9 @@ type connType struct {
 	subHash  uint64
 	subSet   *subSet
 	subKnown bool
-	forceAll bool     // sotw: the subscription changed; send everything subscribed
-	force    []string // delta: newly subscribed names, sent whatever the proxy claims
-	rescan   bool     // delta: compare every name, not just the changes
+	forceAll bool                // sotw: the subscription changed; send everything subscribed
+	force    map[string]struct{} // delta: newly subscribed names, sent whatever the proxy claims
+	rescan   bool                // delta: compare every name, not just the changes
 }
 
 type watch struct {
@@ -121,12 +117,21 @@ type xdsCache struct {
 	types map[string]*typeState
 	conns map[*corev3.Node]*conn
 	epoch uint64
+
+	// names interns resource names: requests name the same few thousand
+	// resources over and over, so the request decoder (codec.go) and the
+	// subscription sets use the snapshots' own strings instead of
+	// allocating their own.
+	names atomic.Pointer[map[string]string]
 }
 
 var _ cache.Cache = (*xdsCache)(nil)
 
 func newCache(s *Server) *xdsCache {
-	return &xdsCache{s: s, types: map[string]*typeState{}, conns: map[*corev3.Node]*conn{}}
+	x := &xdsCache{s: s, types: map[string]*typeState{}, conns: map[*corev3.Node]*conn{}}
+	empty := map[string]string{}
+	x.names.Store(&empty)
+	return x
 }
 
 func (x *xdsCache) register(typeURL string, g api.Generator) error {
@@ -148,8 +153,6 @@ func (x *xdsCache) register(typeURL string, g api.Generator) error {
 		ts.order = len(pushOrder) + len(x.types)
 	}
 	ts.depType, ts.refsOf = dependentType(typeURL)
-	empty := map[string]string{}
-	ts.names.Store(&empty)
 	x.types[typeURL] = ts
 	return nil
 }
@@ -170,15 +173,9 @@ func (x *xdsCache) typeState(url string) *typeState {
 	return x.types[url]
 }
 
-// intern replaces names with the snapshot's own strings where it knows them.
-func (x *xdsCache) intern(typeURL string, names []string) {
-	x.mu.Lock()
-	ts := x.types[typeURL]
-	x.mu.Unlock()
-	if ts == nil {
-		return
-	}
-	m := *ts.names.Load()
+// intern replaces names with the snapshots' own strings where it knows them.
+func (x *xdsCache) intern(names []string) {
+	m := *x.names.Load()
 	for i, n := range names {
 		if s, ok := m[n]; ok {
 			names[i] = s
@@ -404,19 +401,14 @@ func (x *xdsCache) checkConsistency(gens []*generation, byGroup map[*group]*gene
 	}
 }
 
-// reintern refreshes the name tables of the types in gens. Caller holds mu.
+// reintern rebuilds the name table when a generation added or removed
+// names. Caller holds mu.
 func (x *xdsCache) reintern(gens []*generation) {
-	seen := map[*typeState]bool{}
-	for _, gen := range gens {
-		ts := gen.g.ts
-		if gen.snap == nil || seen[ts] {
-			continue
-		}
-		seen[ts] = true
-		if gen.snap.parent != nil && len(gen.snap.entries) == len(gen.snap.parent.entries) && len(gen.snap.changed) < len(gen.snap.entries) {
-			continue // the same names as before
-		}
-		m := map[string]string{}
+	if !slices.ContainsFunc(gens, func(g *generation) bool { return g.snap != nil && (g.snap.newNames || g.snap.parent == nil) }) {
+		return
+	}
+	m := map[string]string{}
+	for _, ts := range x.types {
 		for _, g := range ts.groups {
 			if g.snap != nil {
 				for name, e := range g.snap.entries {
@@ -424,8 +416,8 @@ func (x *xdsCache) reintern(gens []*generation) {
 				}
 			}
 		}
-		ts.names.Store(&m)
 	}
+	x.names.Store(&m)
 }
 
 // publish makes snap the group's snapshot and answers its open watches.
@@ -524,19 +516,50 @@ func (x *xdsCache) CreateDeltaWatch(req *cache.DeltaRequest, sub cache.Subscript
 	if ct == nil {
 		return func() {}, nil
 	}
+	w := &watch{ct: ct, sub: sub, dr: &discovery.DeltaDiscoveryRequest{TypeUrl: req.GetTypeUrl()}, dch: ch,
+		wild: sub.IsWildcard(), names: sub.SubscribedResources()}
+	set, shared := x.s.subs.lookup(w.names)
+	if shared {
+		w.names = set.names
+	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if c.types == nil {
 		return func() {}, nil
 	}
-	for _, n := range req.GetResourceNamesSubscribe() {
-		if n == "*" {
-			ct.rescan = true
-		} else {
-			ct.force = append(ct.force, n)
+	if slices.Contains(req.GetResourceNamesSubscribe(), "*") {
+		ct.rescan = true
+	}
+	// Newly subscribed names are sent whatever the proxy was sent before
+	// (until something was sent, nothing needs forcing).
+	force := func(n string) {
+		if !ct.everSent {
+			return
+		}
+		if ct.force == nil {
+			ct.force = map[string]struct{}{}
+		}
+		ct.force[n] = struct{}{}
+	}
+	switch {
+	case !shared:
+		for _, n := range req.GetResourceNamesSubscribe() {
+			if n != "*" {
+				force(n)
+			}
+		}
+	case set != ct.subSet:
+		for n := range set.names {
+			if ct.subSet == nil {
+				force(n)
+			} else if _, had := ct.subSet.names[n]; !had {
+				force(n)
+			}
 		}
 	}
-	w := &watch{ct: ct, sub: sub, dr: &discovery.DeltaDiscoveryRequest{TypeUrl: req.GetTypeUrl()}, dch: ch}
+	if shared || len(w.names) == 0 {
+		ct.subSet = set
+	}
 	return x.open(ct, w), nil
 }
 
@@ -809,8 +832,10 @@ func (r *deltaResp) count() int {
 // deltaResponse decides what a delta watch is owed: the resources whose
 // version differs from what the proxy has, and removals. What the proxy has
 // is, per name, the version go-control-plane's map says (initial versions
-// after a reconnect, "" after an unsubscribe) or else sentSnap's. Caller
-// holds mu.
+// after a reconnect, "" after an unsubscribe) or else sentSnap's. After the
+// first response only the names changed since sentSnap are looked at, so
+// an endpoint change costs the same per proxy whatever the mesh size.
+// Caller holds mu.
 func (x *xdsCache) deltaResponse(ct *connType, w *watch) *deltaResp {
 	snap := ct.group.snap
 	if snap == nil {
@@ -820,79 +845,115 @@ func (x *xdsCache) deltaResponse(ct *connType, w *watch) *deltaResp {
 	if ct.everSent && ct.sentSnap == snap && len(ct.force) == 0 && len(have) == 0 && !ct.rescan {
 		return nil
 	}
-	wild := w.sub.IsWildcard()
-	names := w.sub.SubscribedResources()
-	known := func(n string) string {
-		if v, ok := have[n]; ok {
-			return v
-		}
-		if ct.sentSnap != nil {
-			if e := ct.sentSnap.entries[n]; e != nil {
-				return e.version
-			}
-		}
-		return ""
-	}
-
-	var cand []string
-	all := false
-	switch {
-	case ct.sentSnap == nil || ct.rescan:
-		all = true
-	default:
-		if changes, ok := snap.changesSince(ct.sentSnap); ok {
-			cand = append(cand, changes...)
-		} else {
-			all = true
-		}
-	}
-	if all {
+	wild, names := w.wild, w.names
+	relevant := func(n string) bool {
 		if wild {
-			for _, e := range snap.sorted {
-				cand = append(cand, e.name)
-			}
-			if ct.sentSnap != nil {
-				for _, e := range ct.sentSnap.sorted {
-					if snap.entries[e.name] == nil {
-						cand = append(cand, e.name)
-					}
-				}
-			}
-		} else {
-			for n := range names {
-				cand = append(cand, n)
-			}
+			return true
 		}
+		_, ok := names[n]
+		return ok
 	}
-	for n := range have {
-		cand = append(cand, n)
-	}
-	cand = append(cand, ct.force...)
-	slices.Sort(cand)
-	cand = slices.Compact(cand)
-
 	r := &deltaResp{x: x, ct: ct, req: w.dr, snap: snap, created: time.Now()}
-	for _, n := range cand {
-		_, subscribed := names[n]
-		if !wild && !subscribed {
-			continue
+	consider := func(n string) {
+		if !relevant(n) {
+			return
 		}
-		forced := slices.Contains(ct.force, n)
+		_, forced := ct.force[n]
 		e := snap.entries[n]
-		k := known(n)
+		k, ok := have[n]
+		if !ok && ct.sentSnap != nil {
+			if old := ct.sentSnap.entries[n]; old != nil {
+				k = old.version
+			}
+		}
 		switch {
 		case e != nil && (forced || k != e.version):
 			r.send = append(r.send, e)
-		case e == nil && (k != "" || forced):
+		case e == nil && (k != "" || forced || (!ct.everSent && !wild)):
+			// Gone, or subscribed and never existed: say so, so the proxy
+			// does not wait for it.
 			r.removed = append(r.removed, n)
 		}
 	}
+
+	full := ct.sentSnap == nil || ct.rescan
+	var changes []string
+	if !full {
+		var ok bool
+		changes, ok = snap.changesSince(ct.sentSnap)
+		full = !ok
+	}
+	var covered func(string) bool
+	sortSend := false
+	switch {
+	case !full:
+		for _, n := range changes {
+			consider(n)
+		}
+		covered = func(n string) bool { _, found := slices.BinarySearch(changes, n); return found }
+	case wild:
+		for _, e := range snap.sorted {
+			consider(e.name)
+		}
+		if ct.sentSnap != nil {
+			for _, e := range ct.sentSnap.sorted {
+				if snap.entries[e.name] == nil {
+					consider(e.name)
+				}
+			}
+		}
+		covered = func(n string) bool {
+			return snap.entries[n] != nil || (ct.sentSnap != nil && ct.sentSnap.entries[n] != nil)
+		}
+	case len(names) >= len(snap.sorted)/4:
+		for _, e := range snap.sorted {
+			consider(e.name)
+		}
+		for n := range names {
+			if snap.entries[n] == nil {
+				consider(n)
+			}
+		}
+		covered = relevant
+	default:
+		for n := range names {
+			consider(n)
+		}
+		sortSend = true
+		covered = relevant
+	}
+	// Names the proxy's map or a new subscription bring that the pass above
+	// did not cover.
+	var extra map[string]struct{}
+	addExtra := func(n string) {
+		if strings.HasPrefix(n, subTokenPrefix) || covered(n) {
+			return
+		}
+		if extra == nil {
+			extra = map[string]struct{}{}
+		}
+		extra[n] = struct{}{}
+	}
+	for n := range have {
+		addExtra(n)
+	}
+	for n := range ct.force {
+		addExtra(n)
+	}
+	for n := range extra {
+		consider(n)
+	}
+	if sortSend || len(extra) > 0 {
+		slices.SortFunc(r.send, func(a, b *entry) int { return strings.Compare(a.name, b.name) })
+	}
+	slices.Sort(r.removed)
+
 	if len(r.send) == 0 && len(r.removed) == 0 && ct.everSent {
 		ct.sentSnap, ct.rescan = snap, false
 		return nil
 	}
-	if wild && len(r.removed) == 0 && len(r.send) == len(snap.sorted) && len(snap.sorted) > 0 {
-		r.all, r.send = true, nil
+	if len(r.removed) == 0 && len(r.send) == len(snap.sorted) && len(snap.sorted) > 0 {
+		r.all, r.send = true, nil // every resource: the shared encoding
 	}
 	return r
 }

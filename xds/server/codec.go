@@ -1,10 +1,17 @@
 package server
 
 import (
+	"sync/atomic"
+	"unicode/utf8"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/encoding"
 	_ "google.golang.org/grpc/encoding/proto" // registers the proto codec we delegate to
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 )
 
 // preEncoded is a message already in wire form. The stream wrappers send
@@ -13,10 +20,14 @@ import (
 // marshalled per proxy.
 type preEncoded struct{ data mem.BufferSlice }
 
-// codec is the proto codec with one addition: a *preEncoded message is
-// passed through as is. It is forced on meshd's xDS gRPC servers, so the
-// other services on them (CSR, access logs) get plain proto encoding.
-type codec struct{}
+// codec is the proto codec with two additions: a *preEncoded message is
+// passed through as is, and a state-of-the-world request's resource names
+// are decoded into the snapshots' own strings (names) rather than fresh
+// ones. It is forced on meshd's xDS gRPC servers, so the other services on
+// them (CSR, access logs) get plain proto encoding.
+type codec struct {
+	names *atomic.Pointer[map[string]string]
+}
 
 var protoCodec = encoding.GetCodecV2("proto")
 
@@ -27,7 +38,77 @@ func (codec) Marshal(v any) (mem.BufferSlice, error) {
 	return protoCodec.Marshal(v)
 }
 
-func (codec) Unmarshal(data mem.BufferSlice, v any) error { return protoCodec.Unmarshal(data, v) }
+func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
+	if req, ok := v.(*discovery.DiscoveryRequest); ok && c.names != nil {
+		var b []byte
+		if len(data) == 1 {
+			b = data[0].ReadOnlyData()
+		} else {
+			buf := data.MaterializeToBuffer(bufPool)
+			defer buf.Free()
+			b = buf.ReadOnlyData()
+		}
+		if decodeRequest(b, req, *c.names.Load()) {
+			return nil
+		}
+		proto.Reset(req)
+	}
+	return protoCodec.Unmarshal(data, v)
+}
+
+// decodeRequest decodes a DiscoveryRequest, taking resource names from
+// names where it has them. An Envoy's EDS request names every cluster, and
+// repeats them in every ACK: with a thousand clusters, decoding them as
+// fresh strings is most of what a request costs. It returns false for
+// anything unusual (then the proto codec decodes the request and reports
+// errors). Nothing it returns aliases b, which gRPC reuses.
+func decodeRequest(b []byte, req *discovery.DiscoveryRequest, names map[string]string) bool {
+	str := func(v []byte) (string, bool) { return string(v), utf8.Valid(v) }
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 || typ != protowire.BytesType { // every field is length-delimited
+			return false
+		}
+		b = b[n:]
+		v, n := protowire.ConsumeBytes(b)
+		if n < 0 {
+			return false
+		}
+		b = b[n:]
+		var ok bool
+		switch num {
+		case 1:
+			req.VersionInfo, ok = str(v)
+		case 2:
+			if req.Node != nil {
+				return false
+			}
+			req.Node = new(corev3.Node)
+			ok = proto.Unmarshal(v, req.Node) == nil
+		case 3:
+			s, known := names[string(v)]
+			if !known {
+				s, ok = str(v)
+			}
+			ok = ok || known
+			req.ResourceNames = append(req.ResourceNames, s)
+		case 4:
+			req.TypeUrl, ok = str(v)
+		case 5:
+			req.ResponseNonce, ok = str(v)
+		case 6:
+			if req.ErrorDetail != nil {
+				return false
+			}
+			req.ErrorDetail = new(rpcstatus.Status)
+			ok = proto.Unmarshal(v, req.ErrorDetail) == nil
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
 
 // Name is "proto": on the wire this is the proto codec.
 func (codec) Name() string { return "proto" }

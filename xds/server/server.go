@@ -213,7 +213,7 @@ func (s *Server) Statuses() []api.ProxyStatus { return s.cache.statuses() }
 // serves it and stops it.
 func (s *Server) NewGRPCServer(creds credentials.TransportCredentials, extra ...grpc.ServerOption) *grpc.Server {
 	opts := []grpc.ServerOption{
-		grpc.ForceServerCodecV2(codec{}),
+		grpc.ForceServerCodecV2(codec{names: &s.cache.names}),
 		grpc.MaxConcurrentStreams(s.opts.MaxStreamsPerConnection),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: s.opts.KeepaliveTime, Timeout: s.opts.KeepaliveTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: s.opts.KeepaliveMinClientInterval, PermitWithoutStream: true}),

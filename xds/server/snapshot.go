@@ -134,6 +134,8 @@ type snapshot struct {
 
 	// trigger is when the push that made this snapshot was first asked for.
 	trigger time.Time
+	// newNames says the set of names differs from the parent's.
+	newNames bool
 
 	anysOnce  sync.Once
 	anys      []*anypb.Any
@@ -351,6 +353,7 @@ func build(typeURL string, old *snapshot, res []api.Resource, names []string, re
 			}
 		}
 	}
+	s.newNames = !sameNames
 	if sameNames {
 		s.sorted = slices.Clone(old.sorted)
 		for _, name := range changed {

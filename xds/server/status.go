@@ -241,12 +241,8 @@ func (s *Server) ConfigDump(id string) (out []byte, found bool, err error) {
 				continue
 			}
 			var anys []*anypb.Any
-			if w := ct.w; w != nil && w.ch != nil && !w.wild {
+			if w := ct.w; w != nil && !w.wild {
 				for _, e := range pick(snap, w.names) {
-					anys = append(anys, e.any)
-				}
-			} else if w != nil && w.dch != nil && !w.sub.IsWildcard() {
-				for _, e := range pick(snap, w.sub.SubscribedResources()) {
 					anys = append(anys, e.any)
 				}
 			} else {

@@ -222,7 +222,7 @@ func (w *sotwStream) Recv() (*discovery.DiscoveryRequest, error) {
 	}
 	req.Node = w.c.node
 	if names := req.GetResourceNames(); len(names) > 0 && !slices.Contains(names, "*") {
-		set := w.s.subs.acquire(names, func(n []string) { w.s.cache.intern(typeURL, n) })
+		set := w.s.subs.acquire(names, w.s.cache.intern)
 		w.held.hold(w.s.subs, typeURL, set)
 		req.ResourceNames = set.token
 	}
@@ -284,10 +284,74 @@ func (w *deltaStream) Recv() (*discovery.DeltaDiscoveryRequest, error) {
 		return nil, err
 	}
 	req.Node = w.c.node
-	w.s.cache.intern(typeURL, req.ResourceNamesSubscribe)
-	w.s.cache.intern(typeURL, req.ResourceNamesUnsubscribe)
+	w.swapDeltaNames(typeURL, req)
 	w.c.request(w.s, typeURL, req.GetResponseNonce(), req.GetErrorDetail())
 	return req, nil
+}
+
+// swapDeltaNames replaces the names a delta request subscribes and
+// unsubscribes with tokens of shared sets (subsets.go): go-control-plane
+// then keeps one token per stream instead of a map of every name, and the
+// cache reads the set. The new set is the stream's current one plus the
+// names subscribed minus those unsubscribed; "*" is passed through.
+func (w *deltaStream) swapDeltaNames(typeURL string, req *discovery.DeltaDiscoveryRequest) {
+	sub, subStar := splitStar(req.GetResourceNamesSubscribe())
+	unsub, unsubStar := splitStar(req.GetResourceNamesUnsubscribe())
+	if len(sub) == 0 && len(unsub) == 0 {
+		return
+	}
+	var cur *subSet
+	if p := w.held[typeURL]; p != nil {
+		cur = p[0]
+	}
+	if cur == nil && len(unsub) == 0 { // the common first subscription
+		set := w.s.subs.acquire(sub, w.s.cache.intern)
+		w.held.hold(w.s.subs, typeURL, set)
+		req.ResourceNamesSubscribe, req.ResourceNamesUnsubscribe = append(subStar, set.token[0]), unsubStar
+		return
+	}
+	names := make(map[string]struct{}, len(sub))
+	if cur != nil {
+		for n := range cur.names {
+			names[n] = struct{}{}
+		}
+	}
+	for _, n := range sub {
+		names[n] = struct{}{}
+	}
+	for _, n := range unsub {
+		delete(names, n)
+	}
+	var set *subSet
+	if len(names) > 0 {
+		list := make([]string, 0, len(names))
+		for n := range names {
+			list = append(list, n)
+		}
+		set = w.s.subs.acquire(list, w.s.cache.intern)
+	}
+	w.held.hold(w.s.subs, typeURL, set)
+	req.ResourceNamesSubscribe, req.ResourceNamesUnsubscribe = subStar, unsubStar
+	if set != cur {
+		if set != nil {
+			req.ResourceNamesSubscribe = append(req.ResourceNamesSubscribe, set.token[0])
+		}
+		if cur != nil {
+			req.ResourceNamesUnsubscribe = append(req.ResourceNamesUnsubscribe, cur.token[0])
+		}
+	}
+}
+
+// splitStar returns names without "*", and a list holding "*" if it was there.
+func splitStar(names []string) (plain, star []string) {
+	for _, n := range names {
+		if n == "*" {
+			star = []string{"*"}
+		} else {
+			plain = append(plain, n)
+		}
+	}
+	return plain, star
 }
 
 func (w *deltaStream) Send(out *discovery.DeltaDiscoveryResponse) error {
