@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -89,6 +90,10 @@ type Index struct {
 
 	sourceSelectors   []map[string]string
 	localitySensitive bool
+
+	vsOnce   sync.Once
+	vsByHost map[string][]int // exact host -> positions in meshVS
+	vsWild   []int            // positions in meshVS of VirtualServices with a wildcard host
 
 	targetsOnce sync.Once
 	targets     map[string][]Target // by endpoint address, built on first use
@@ -368,7 +373,8 @@ func (ix *Index) Service(ns, host string) *model.Service {
 // them by taking the first match.
 func (ix *Index) MeshVirtualServices(ns, host string) []*VirtualService {
 	var out []*VirtualService
-	for _, vs := range ix.meshVS {
+	for _, i := range ix.meshCandidates(host) {
+		vs := ix.meshVS[i]
 		if !exportedTo(vs.Spec.GetExportTo(), vs.Namespace(), ns) {
 			continue
 		}
@@ -490,7 +496,7 @@ func (ix *Index) GatewaysFor(labels map[string]string) []*Gateway {
 
 // ClusterName is Istio's outbound cluster name, outbound|PORT|SUBSET|HOST.
 func ClusterName(port uint32, subset, host string) string {
-	return fmt.Sprintf("outbound|%d|%s|%s", port, subset, host)
+	return "outbound|" + strconv.FormatUint(uint64(port), 10) + "|" + subset + "|" + host
 }
 
 // InboundClusterName is Istio's inbound cluster name for a workload port.

@@ -90,3 +90,34 @@ spec:
 		t.Fatalf("SubsetNames(api.example.com) = %v", got)
 	}
 }
+
+// TestMeshVirtualServicesLookup checks the host lookup against a scan of
+// every VirtualService.
+func TestMeshVirtualServicesLookup(t *testing.T) {
+	ix := build(t)
+	for _, ns := range []string{"shop", "other"} {
+		for _, host := range []string{"reviews.shop.svc.cluster.local", "shop.example.com", "x.shop.svc.cluster.local", "api.example.com", "nothing"} {
+			var want []string
+			for _, vs := range ix.meshVS {
+				if !exportedTo(vs.Spec.GetExportTo(), vs.Namespace(), ns) {
+					continue
+				}
+				for _, h := range vs.Hosts {
+					if HostMatches(h, host) {
+						want = append(want, vs.Object.Name)
+						break
+					}
+				}
+			}
+			var got []string
+			for _, vs := range ix.MeshVirtualServices(ns, host) {
+				got = append(got, vs.Object.Name)
+			}
+			slices.Sort(want)
+			slices.Sort(got)
+			if !slices.Equal(got, want) {
+				t.Errorf("MeshVirtualServices(%s, %s) = %v, want %v", ns, host, got, want)
+			}
+		}
+	}
+}
