@@ -3,6 +3,7 @@ package telemetry
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -14,12 +15,17 @@ import (
 	alsv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/meshd/meshd/core"
+	"github.com/meshd/meshd/core/bus"
 	"github.com/meshd/meshd/modules/telemetry/api"
 	"github.com/meshd/meshd/modules/telemetry/internal/series"
+	xdsapi "github.com/meshd/meshd/xds/api"
 )
 
 // newModule provisions a module without a host.
@@ -300,5 +306,135 @@ func TestLabelHelpers(t *testing.T) {
 	}
 	if grpcLabel([]byte("14")) != "14" || grpcLabel(nil) != "" || codeLabel(503) != "503" || codeLabel(1000) != "1000" {
 		t.Error("code labels")
+	}
+}
+
+type fakeStatus []string // live xDS connection IDs
+
+func (f fakeStatus) Statuses() []xdsapi.ProxyStatus {
+	var out []xdsapi.ProxyStatus
+	for _, id := range f {
+		out = append(out, xdsapi.ProxyStatus{ConnID: id})
+	}
+	return out
+}
+
+func proxyAt(t *testing.T, ip, workload string) *xdsapi.Proxy {
+	t.Helper()
+	p, err := xdsapi.ParseNode(&corev3.Node{Id: "sidecar~" + ip + "~" + workload + "-1.default~default.svc.cluster.local"}, "cluster.local")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestAddressBookFromBus: the xds module's connect and disconnect events
+// keep the address book; after lost events, connections the xds module no
+// longer lists are forgotten, access-log streams' entries kept.
+func TestAddressBookFromBus(t *testing.T) {
+	b := bus.New(bus.Options{BufferSize: 2})
+	defer b.Close()
+	m := new(Module)
+	if err := m.setup(deps{cfg: Default(), log: slog.New(slog.DiscardHandler), reg: prometheus.NewRegistry(),
+		trustDomain: "cluster.local", bus: b, status: fakeStatus{"c1"}}); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Cleanup()
+	m.peers.add("xds/c1", proxyAt(t, "10.0.0.1", "a"))
+	m.peers.add("xds/c2", proxyAt(t, "10.0.0.2", "b"))
+	m.peers.add("als/1", proxyAt(t, "10.0.0.3", "c"))
+	for i := range 3 { // overflow the queue: the module gets a resync
+		b.Publish(xdsapi.ProxyConnected{ConnID: fmt.Sprint("lost", i), Proxy: proxyAt(t, "10.0.1.1", "lost")})
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- m.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	known := func(ip string) string {
+		p, ok := m.peers.lookup([]byte(ip))
+		if !ok {
+			return ""
+		}
+		return p.workload
+	}
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for !ok() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out: %s", what)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitFor("resync applied", func() bool {
+		return known("10.0.0.1") == "a-1" && known("10.0.0.2") == "" && known("10.0.0.3") == "c-1"
+	})
+	b.Publish(xdsapi.ProxyConnected{ConnID: "c5", Proxy: proxyAt(t, "10.0.0.5", "e")})
+	waitFor("connect event", func() bool { return known("10.0.0.5") == "e-1" })
+	b.Publish(xdsapi.ProxyDisconnected{ConnID: "c5", Proxy: proxyAt(t, "10.0.0.5", "e")})
+	waitFor("disconnect event", func() bool { return known("10.0.0.5") == "" })
+	if got := testutil.ToFloat64(m.m.peers); got != 2 {
+		t.Errorf("peer address gauge %v, want 2", got)
+	}
+}
+
+// TestVerifiedIdentity: on the TLS port the client certificate names the
+// proxy; a node that claims another namespace ends its stream.
+func TestVerifiedIdentity(t *testing.T) {
+	m, _ := newModule(t, Default())
+	md, _ := structpb.NewStruct(map[string]any{"NAMESPACE": "default", "SERVICE_ACCOUNT": "reviews"})
+	first := marshal(t, &alsv3.StreamAccessLogsMessage{Identifier: &alsv3.StreamAccessLogsMessage_Identifier{
+		LogName: logHTTPOutbound, Node: &corev3.Node{Id: "sidecar~10.0.0.2~reviews-1.default~default.svc.cluster.local", Metadata: md}}})
+
+	s := newStream(m)
+	s.verified = "spiffe://cluster.local/ns/default/sa/reviews"
+	if err := s.handle(first, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if s.id.principal != s.verified || s.id.reporter != reporterSource {
+		t.Errorf("identity %+v", s.id)
+	}
+
+	s = newStream(m)
+	s.verified = "spiffe://cluster.local/ns/other/sa/reviews"
+	if err := s.handle(first, time.Now()); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("node contradicting its certificate: %v, want PERMISSION_DENIED", err)
+	}
+	if got := testutil.ToFloat64(m.m.streamsRejected.WithLabelValues(reasonIdentity)); got != 1 {
+		t.Errorf("identity rejections %v", got)
+	}
+}
+
+// TestConfigDecoding decodes a modules.telemetry section as the host does:
+// strictly, durations and nested tags included.
+func TestConfigDecoding(t *testing.T) {
+	reg := core.NewRegistry()
+	if err := reg.Add(new(Module)); err != nil {
+		t.Fatal(err)
+	}
+	_, cfgs, err := core.ResolveModules(reg, map[string]map[string]any{"telemetry": {
+		"tracing": map[string]any{"otelAddress": "collector:4317", "samplingPercent": "2.5",
+			"customTags": map[string]any{"cluster": map[string]any{"literal": "east"}}},
+		"metrics":  map[string]any{"seriesIdleTimeout": "30m", "seriesLimits": map[string]any{"istio_requests_total": 10}},
+		"fileSink": map[string]any{"path": "/tmp/x.jsonl"},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := cfgs[ID].(*Config)
+	if c.Tracing.SamplingPercent != 2.5 || c.Tracing.CustomTags["cluster"].Literal != "east" ||
+		c.Metrics.SeriesIdleTimeout != 30*time.Minute || c.Metrics.limit(mRequests) != 10 || c.Metrics.limit(mRequestBytes) != 2000 ||
+		c.FileSink.MaxBytes != 100<<20 || c.AccessLog.Cluster != "xds-grpc" {
+		t.Errorf("decoded %+v", c)
+	}
+	if err := c.Validate(); err != nil {
+		t.Error(err)
+	}
+	_, _, err = core.ResolveModules(reg, map[string]map[string]any{"telemetry": {
+		"tracing": map[string]any{"customTags": map[string]any{"cluster": map[string]any{"literl": "east"}}}}})
+	if err == nil || !strings.Contains(err.Error(), "modules.telemetry.tracing.customTags.cluster.literl") {
+		t.Errorf("misspelt tag key: %v", err)
 	}
 }
