@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strconv"
@@ -63,7 +64,7 @@ func runChild() int {
 		cc := conns[b.Target]
 		if cc == nil {
 			var err error
-			if cc, err = grpc.NewClient(b.Target, grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
+			if cc, err = grpc.NewClient(b.Target, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithContextDialer(dialTestNet)); err != nil {
 				_ = out.Encode(result{ChildFail: err.Error()})
 				continue
 			}
@@ -90,6 +91,29 @@ func runChild() int {
 		}
 	}
 	return 0
+}
+
+// testNet stands in for 127.0.0.1 in Kubernetes: the API server refuses
+// loopback addresses in EndpointSlices, so the Kubernetes tests publish
+// their backends (which listen on 127.0.0.1 only) under TEST-NET-1,
+// 192.0.2.0/24, a range that is never routed, and the client's dialer
+// connects to 127.0.0.1 on the same port instead. Only the socket changes:
+// grpc-go still learns every address and port from meshd over xDS.
+var testNet = netip.MustParsePrefix("192.0.2.0/24")
+
+// testNetAddr is the address a backend is published under in Kubernetes.
+const testNetAddr = "192.0.2.10"
+
+func dialTestNet(ctx context.Context, addr string) (net.Conn, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	if ip, err := netip.ParseAddr(host); err == nil && testNet.Contains(ip) {
+		host = "127.0.0.1"
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", net.JoinHostPort(host, port))
 }
 
 // client is the grpc-go child.

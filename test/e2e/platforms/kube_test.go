@@ -36,7 +36,8 @@ import (
 var vsGVR = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "virtualservices"}
 
 // kubeWorkload creates a pod (for labels and identity) and an EndpointSlice
-// pointing at a backend on 127.0.0.1 for service svc.
+// for service svc pointing at a backend, published under testNetAddr
+// (EndpointSlices may not hold loopback addresses; see testNet).
 func kubeWorkload(t *testing.T, c *kubetest.Cluster, ns, svc, pod, sa, version string, b *backend) {
 	t.Helper()
 	ctx := context.Background()
@@ -52,7 +53,7 @@ func kubeWorkload(t *testing.T, c *kubetest.Cluster, ns, svc, pod, sa, version s
 		AddressType: discoveryv1.AddressTypeIPv4,
 		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("grpc"), Port: ptr.To(int32(b.port)), Protocol: ptr.To(corev1.ProtocolTCP)}},
 		Endpoints: []discoveryv1.Endpoint{{
-			Addresses:  []string{"127.0.0.1"},
+			Addresses:  []string{testNetAddr},
 			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)},
 			TargetRef:  &corev1.ObjectReference{Kind: "Pod", Namespace: ns, Name: pod},
 		}},
