@@ -1,0 +1,3 @@
+// Package consul pins the Consul agent that the Consul tests run; see go.mod
+// and ../build.sh.
+package consul
