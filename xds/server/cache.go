@@ -48,6 +48,7 @@ type group struct {
 	members  map[*connType]struct{}
 	watching map[*connType]struct{} // members with an open watch
 	err      string                 // last generation or consistency error
+	errAt    time.Time
 }
 
 // conn is one xDS stream (its proxy, what it watches, what it was sent).
@@ -284,7 +285,9 @@ func (x *xdsCache) generateFor(ctx context.Context, c *conn, ts *typeState) {
 		cts = append(cts, x.keyed(c, dep))
 	}
 	for _, ct := range cts {
-		if ct != nil && ct.group.snap == nil {
+		// A group whose generator just failed is not retried for every
+		// proxy that connects; the next push retries it.
+		if ct != nil && ct.group.snap == nil && time.Since(ct.group.errAt) > time.Second {
 			todo = append(todo, ct.group)
 		}
 	}
@@ -340,6 +343,9 @@ func (x *xdsCache) generate(ctx context.Context, groups []*group, names map[stri
 	slices.SortStableFunc(gens, func(a, b *generation) int { return a.g.ts.order - b.g.ts.order })
 	for _, gen := range gens {
 		gen.g.err = gen.err
+		if gen.err != "" {
+			gen.g.errAt = time.Now()
+		}
 		if gen.snap != nil {
 			gen.snap.trigger = trigger
 			x.publish(gen.g, gen.snap)

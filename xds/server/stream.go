@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"io"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -59,18 +61,44 @@ type streamBase struct {
 	types       map[string]struct{}
 	bucket      tokenBucket
 	held        heldSets
+
+	// mu orders the receive goroutine's work against close: go-control-
+	// plane returns from a stream without waiting for its receive
+	// goroutine, which may be in the middle of a request.
+	mu     sync.Mutex
+	closed bool
 }
 
-func (s *Server) newStreamBase(ctx context.Context, defaultType string, delta bool) streamBase {
-	b := streamBase{s: s, ctx: ctx, defaultType: defaultType, delta: delta, types: map[string]struct{}{}, held: heldSets{},
-		bucket: tokenBucket{rate: s.opts.RequestRate, burst: float64(s.opts.RequestBurst), tokens: float64(s.opts.RequestBurst), last: time.Now()}}
+// begin rate-limits the next request and locks the stream for it; end
+// unlocks. A stream closed meanwhile reports io.EOF.
+func (b *streamBase) begin() error {
+	throttled, err := b.bucket.wait(b.ctx)
+	if err != nil {
+		return err
+	}
+	if throttled {
+		b.s.m.throttled.Inc()
+	}
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return io.EOF
+	}
+	return nil
+}
+
+func (b *streamBase) end() { b.mu.Unlock() }
+
+func (b *streamBase) init(s *Server, ctx context.Context, defaultType string, delta bool) {
+	b.s, b.ctx, b.defaultType, b.delta = s, ctx, defaultType, delta
+	b.types, b.held = map[string]struct{}{}, heldSets{}
+	b.bucket = tokenBucket{rate: s.opts.RequestRate, burst: float64(s.opts.RequestBurst), tokens: float64(s.opts.RequestBurst), last: time.Now()}
 	if p, ok := peer.FromContext(ctx); ok {
 		b.addr = p.Addr.String()
 		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.VerifiedChains) > 0 && len(ti.State.VerifiedChains[0]) > 0 {
 			b.verified = spiffeURI(ti.State.VerifiedChains[0][0])
 		}
 	}
-	return b
 }
 
 func spiffeURI(cert *x509.Certificate) string {
@@ -84,13 +112,6 @@ func spiffeURI(cert *x509.Certificate) string {
 
 // admit checks one request and returns the type URL it is for.
 func (b *streamBase) admit(node *corev3.Node, typeURL string, names int) (string, error) {
-	throttled, err := b.bucket.wait(b.ctx)
-	if err != nil {
-		return "", err
-	}
-	if throttled {
-		b.s.m.throttled.Inc()
-	}
 	if b.c == nil {
 		if err := b.connect(node); err != nil {
 			return "", err
@@ -163,6 +184,9 @@ func (b *streamBase) connect(node *corev3.Node) error {
 
 // close forgets the stream's proxy.
 func (b *streamBase) close() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.closed = true
 	b.held.releaseAll(b.s.subs)
 	c := b.c
 	if c == nil {
@@ -196,7 +220,8 @@ func (s *Server) serveSotw(st sotwGRPC, defaultType string) error {
 		return err
 	}
 	defer release()
-	w := &sotwStream{ServerStream: st, raw: st, streamBase: s.newStreamBase(st.Context(), defaultType, false)}
+	w := &sotwStream{ServerStream: st, raw: st}
+	w.init(s, st.Context(), defaultType, false)
 	defer w.close()
 	err = s.gcp.StreamHandler(w, defaultType)
 	if w.err != nil {
@@ -216,6 +241,10 @@ func (w *sotwStream) Recv() (*discovery.DiscoveryRequest, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := w.begin(); err != nil {
+		return nil, err
+	}
+	defer w.end()
 	typeURL, err := w.admit(req.GetNode(), req.GetTypeUrl(), len(req.GetResourceNames()))
 	if err != nil {
 		return nil, err
@@ -258,7 +287,8 @@ func (s *Server) serveDelta(st deltaGRPC, defaultType string) error {
 		return err
 	}
 	defer release()
-	w := &deltaStream{ServerStream: st, raw: st, streamBase: s.newStreamBase(st.Context(), defaultType, true)}
+	w := &deltaStream{ServerStream: st, raw: st}
+	w.init(s, st.Context(), defaultType, true)
 	defer w.close()
 	err = s.gcp.DeltaStreamHandler(w, defaultType)
 	if w.err != nil {
@@ -278,6 +308,10 @@ func (w *deltaStream) Recv() (*discovery.DeltaDiscoveryRequest, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := w.begin(); err != nil {
+		return nil, err
+	}
+	defer w.end()
 	names := len(req.GetResourceNamesSubscribe()) + len(req.GetResourceNamesUnsubscribe()) + len(req.GetInitialResourceVersions())
 	typeURL, err := w.admit(req.GetNode(), req.GetTypeUrl(), names)
 	if err != nil {
