@@ -93,9 +93,13 @@ type fileState struct {
 
 // scanner holds one Run's state.
 type scanner struct {
-	f       *Files
-	w       *fsnotify.Watcher
-	files   map[string]fileState
+	f     *Files
+	w     *fsnotify.Watcher
+	files map[string]fileState
+	// emptied holds when a file that had content was first seen empty.
+	emptied map[string]time.Time
+	// settle is when to look again at emptied files (zero: none).
+	settle  time.Time
 	watched map[string]bool
 }
 
@@ -106,9 +110,12 @@ func (f *Files) Run(ctx context.Context, sink api.Sink) error {
 		return err
 	}
 	defer w.Close()
-	s := &scanner{f: f, w: w, files: map[string]fileState{}, watched: map[string]bool{}}
+	s := &scanner{f: f, w: w, files: map[string]fileState{}, watched: map[string]bool{}, emptied: map[string]time.Time{}}
 	sink.Update(s.scan(nil)...)
 	sink.Synced()
+	settle := time.NewTimer(time.Hour)
+	settle.Stop()
+	defer settle.Stop()
 
 	resync := time.NewTicker(f.opts.Resync)
 	defer resync.Stop()
@@ -148,6 +155,8 @@ func (f *Files) Run(ctx context.Context, sink api.Sink) error {
 			fire = true
 		case <-resync.C:
 			fire = true
+		case <-settle.C:
+			fire = true
 		}
 		if !fire {
 			continue
@@ -160,6 +169,10 @@ func (f *Files) Run(ctx context.Context, sink api.Sink) error {
 			sink.Update(ups...)
 		}
 		first, dirty, all = time.Time{}, map[string]bool{}, false
+		settle.Stop()
+		if !s.settle.IsZero() {
+			settle.Reset(max(time.Until(s.settle), 0))
+		}
 	}
 }
 
@@ -167,6 +180,7 @@ func (f *Files) Run(ctx context.Context, sink api.Sink) error {
 // update for every file that changed or disappeared. dirty names paths that
 // had events (nil: all); they are read even if their stat looks unchanged.
 func (s *scanner) scan(dirty map[string]bool) []api.Update {
+	s.settle = time.Time{}
 	found := map[string]os.FileInfo{}
 	var unreadable []api.Update
 	watch := map[string]bool{}
@@ -252,7 +266,8 @@ func (s *scanner) scan(dirty map[string]bool) []api.Update {
 		seen[path] = true
 		info := found[path]
 		prev, known := s.files[path]
-		if known && prev.info != nil && dirty != nil && !dirty[path] && sameStat(prev.info, info) {
+		_, waiting := s.emptied[path]
+		if known && prev.info != nil && dirty != nil && !dirty[path] && !waiting && sameStat(prev.info, info) {
 			continue
 		}
 		data, err := os.ReadFile(path)
@@ -269,6 +284,24 @@ func (s *scanner) scan(dirty map[string]bool) []api.Update {
 			s.files[path] = fileState{sum: sum}
 			continue
 		}
+		// Tools that truncate and then write (a shell redirect) leave a
+		// file empty for a moment; an emptied file is reported only once
+		// it stayed empty for emptySettle, so that a slow writer does not
+		// remove its objects for a moment.
+		if len(data) == 0 && known && prev.info != nil && prev.sum != emptySum {
+			since, ok := s.emptied[path]
+			if !ok {
+				since = time.Now()
+				s.emptied[path] = since
+			}
+			if wait := since.Add(s.f.emptySettle()); time.Now().Before(wait) {
+				if s.settle.IsZero() || wait.Before(s.settle) {
+					s.settle = wait
+				}
+				continue
+			}
+		}
+		delete(s.emptied, path)
 		sum := sha256.Sum256(data)
 		s.files[path] = fileState{info: info, sum: sum}
 		if known && prev.info != nil && prev.sum == sum {
@@ -280,6 +313,7 @@ func (s *scanner) scan(dirty map[string]bool) []api.Update {
 	for _, path := range sortedKeys(s.files) {
 		if !seen[path] {
 			delete(s.files, path)
+			delete(s.emptied, path)
 			out = append(out, api.Update{Origin: path, Removed: true})
 		}
 	}
@@ -307,6 +341,12 @@ func (s *scanner) syncWatches(want map[string]bool) {
 		s.watched[dir] = true
 	}
 }
+
+// emptySum is the digest of no bytes.
+var emptySum = sha256.Sum256(nil)
+
+// emptySettle is how long an emptied file must stay empty to count.
+func (f *Files) emptySettle() time.Duration { return f.opts.MaxDelay }
 
 // existingParent returns the nearest ancestor of p that is a directory.
 func existingParent(p string) string {

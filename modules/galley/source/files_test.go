@@ -162,6 +162,25 @@ func TestFilesWatch(t *testing.T) {
 		write(t, a, "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: a}\nspec: {hosts: [a.example.com], bogus: 1}\n")
 		r.waitState(t, map[string]string{a: "!GAL1006", b: "b,b2"})
 	})
+	t.Run("truncate then write is one change", func(t *testing.T) {
+		r.mu.Lock()
+		n := r.updates
+		r.mu.Unlock()
+		require.NoError(t, os.WriteFile(b, nil, 0o644)) // a shell redirect truncates first...
+		time.Sleep(300 * time.Millisecond)              // ...and the command writes later
+		r.mu.Lock()
+		require.Equal(t, n, r.updates, "an emptied file waits")
+		r.mu.Unlock()
+		write(t, b, se("b3"))
+		r.waitState(t, map[string]string{a: "!GAL1006", b: "b3"})
+		r.mu.Lock()
+		require.Equal(t, n+1, r.updates)
+		r.mu.Unlock()
+	})
+	t.Run("emptied file counts once it stays empty", func(t *testing.T) {
+		require.NoError(t, os.WriteFile(b, nil, 0o644))
+		r.waitState(t, map[string]string{a: "!GAL1006", b: ""})
+	})
 	t.Run("touch without change is not reported", func(t *testing.T) {
 		r.mu.Lock()
 		n := r.updates
