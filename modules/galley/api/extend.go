@@ -72,6 +72,10 @@ func (f ValidatorFunc) Validate(ctx context.Context, objs []*Object) ([]Finding,
 // A HostIndex that also has HasWorkload(namespace string, selector
 // map[string]string) bool is used for selector checks too (GAL3012,
 // GAL3014).
+//
+// Galley calls it from its own goroutine until the next SetHostIndex, so it
+// must be safe for concurrent use; an immutable view is simplest. Each
+// SetHostIndex makes galley try pending rejections again; it never blocks.
 type HostIndex interface {
 	HasHost(host string) bool
 }

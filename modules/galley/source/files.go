@@ -55,7 +55,9 @@ type FilesOptions struct {
 // swapped atomically through ..data) are all seen the same way: as the
 // current content of each file. A file is read again when its size,
 // modification time or inode changed, or when an event named it, and
-// reported only when its bytes changed.
+// reported only when its bytes changed. A file that had content and is
+// found empty is reported once it stayed empty for MaxDelay, so that a
+// truncate-then-write (a shell redirect) is one change, not two.
 type Files struct {
 	opts  FilesOptions
 	paths []string
