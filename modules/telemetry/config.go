@@ -29,10 +29,10 @@ type AccessLogConfig struct {
 
 // ReceiverConfig bounds what the access-log service accepts.
 type ReceiverConfig struct {
-	MaxStreams              int `mapstructure:"maxStreams" doc:"concurrent access-log streams over all connections; more are refused with RESOURCE_EXHAUSTED (each Envoy opens one per worker thread and log)"`
-	MaxStreamsPerConnection int `mapstructure:"maxStreamsPerConnection" doc:"concurrent access-log streams on one client connection; more are refused with RESOURCE_EXHAUSTED"`
-	MaxMessageBytes         int `mapstructure:"maxMessageBytes" doc:"largest access-log message accepted; larger ones are dropped and counted (gRPC itself refuses more than 4 MiB)"`
-	MaxEntriesPerMessage    int `mapstructure:"maxEntriesPerMessage" doc:"entries read from one access-log message; the rest are dropped and counted"`
+	MaxStreams              int `mapstructure:"maxStreams" json:"maxStreams" doc:"concurrent access-log streams over all connections; more are refused with RESOURCE_EXHAUSTED (each Envoy opens one per worker thread and log)"`
+	MaxStreamsPerConnection int `mapstructure:"maxStreamsPerConnection" json:"maxStreamsPerConnection" doc:"concurrent access-log streams on one client connection; more are refused with RESOURCE_EXHAUSTED"`
+	MaxMessageBytes         int `mapstructure:"maxMessageBytes" json:"maxMessageBytes" doc:"largest access-log message accepted; larger ones are dropped and counted (gRPC itself refuses more than 4 MiB)"`
+	MaxEntriesPerMessage    int `mapstructure:"maxEntriesPerMessage" json:"maxEntriesPerMessage" doc:"entries read from one access-log message; the rest are dropped and counted"`
 }
 
 // MetricsConfig bounds the request metrics.

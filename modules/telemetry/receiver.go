@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
@@ -43,17 +42,16 @@ const streamCacheSize = 256
 type receiver struct {
 	alsv3.UnimplementedAccessLogServiceServer
 
-	// counters first, for alignment
-	nStreams      atomic.Int64
-	nHTTP, nTCP   atomic.Uint64
-	nMsgDropped   [2]atomic.Uint64 // too large, malformed
-	nEntryDropped [2]atomic.Uint64 // too many, malformed
-	connSeq       atomic.Uint64
+	// counters first, for alignment; /debug/telemetryz shows them
+	nStreams                         atomic.Int64
+	nHTTP, nTCP                      atomic.Uint64
+	msgTooLarge, msgMalformed        atomic.Uint64
+	entriesTooMany, entriesMalformed atomic.Uint64
+	connSeq                          atomic.Uint64
 
 	cfg         *ReceiverConfig
 	trustDomain string
 	domain      string // cluster domain, for expanding short host names
-	log         *slog.Logger
 	m           *metrics
 	http, tcp   *series.Family
 	peers       *peers
@@ -182,11 +180,11 @@ func (s *stream) serve(st alsv3.AccessLogService_StreamAccessLogsServer) error {
 func (s *stream) handle(b []byte, now time.Time) error {
 	r := s.r
 	if len(b) > r.cfg.MaxMessageBytes {
-		r.dropMessage(0, reasonTooLarge)
+		r.dropMessage(&r.msgTooLarge, reasonTooLarge)
 		return nil
 	}
 	if err := s.msg.Parse(b); err != nil {
-		r.dropMessage(1, reasonMalformed)
+		r.dropMessage(&r.msgMalformed, reasonMalformed)
 		return nil
 	}
 	if s.msg.HasIdentifier {
@@ -204,19 +202,19 @@ func (s *stream) handle(b []byte, now time.Time) error {
 	for {
 		raw, ok, err := s.msg.Next()
 		if err != nil {
-			r.dropEntries(1, 1, reasonMalformed)
+			r.dropEntries(&r.entriesMalformed, 1, reasonMalformed)
 			break
 		}
 		if !ok {
 			break
 		}
 		if n == r.cfg.MaxEntriesPerMessage {
-			r.dropEntries(0, 1+s.msg.Remaining(), reasonTooManyEntries)
+			r.dropEntries(&r.entriesTooMany, 1+s.msg.Remaining(), reasonTooManyEntries)
 			break
 		}
 		n++
 		if err := s.ingest(raw, sec, withRecords); err != nil {
-			r.dropEntries(1, 1, reasonMalformed)
+			r.dropEntries(&r.entriesMalformed, 1, reasonMalformed)
 			skipped++
 		}
 	}
@@ -236,13 +234,13 @@ func (s *stream) handle(b []byte, now time.Time) error {
 	return nil
 }
 
-func (r *receiver) dropMessage(i int, reason string) {
-	r.nMsgDropped[i].Add(1)
+func (r *receiver) dropMessage(count *atomic.Uint64, reason string) {
+	count.Add(1)
 	r.m.msgDropped.WithLabelValues(reason).Inc()
 }
 
-func (r *receiver) dropEntries(i, n int, reason string) {
-	r.nEntryDropped[i].Add(uint64(n))
+func (r *receiver) dropEntries(count *atomic.Uint64, n int, reason string) {
+	count.Add(uint64(n))
 	r.m.entriesDropped.WithLabelValues(reason).Add(float64(n))
 }
 
@@ -362,9 +360,13 @@ func millis(c *alswire.Common) (float64, bool) {
 	return max(ms, 0), true
 }
 
+// durationOf is the request duration, as millis reads it.
 func durationOf(c *alswire.Common) time.Duration {
-	ms, _ := millis(c)
-	return time.Duration(ms * float64(time.Millisecond))
+	d := c.Duration
+	if !d.Set {
+		d = c.ToLastDownstreamTx
+	}
+	return max(time.Duration(d.Seconds)*time.Second+time.Duration(d.Nanos), 0)
 }
 
 // record builds the common part of a sink record. It copies every string:

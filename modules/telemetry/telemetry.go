@@ -56,16 +56,16 @@ func init() { core.Register(new(Module)) }
 type Module struct {
 	running atomic.Bool
 
-	cfg   *Config
-	log   *slog.Logger
-	m     *metrics
-	envoy *envoyConfig
-	recv  *receiver
-	peers *peers
-	sinks *sinks
-	file  *filesink.Sink
-	sub   *bus.Subscription
-	proxy statusSource // nil when the xds module gives no status
+	cfg    *Config
+	log    *slog.Logger
+	m      *metrics
+	envoy  *envoyConfig
+	recv   *receiver
+	peers  *peers
+	sinks  *sinks
+	file   *filesink.Sink
+	sub    *bus.Subscription
+	status statusSource // nil when the xds module gives no status
 }
 
 // Interface guards.
@@ -136,7 +136,7 @@ func (m *Module) setup(d deps) error {
 	if err := d.cfg.Validate(); err != nil {
 		return err
 	}
-	m.cfg, m.log, m.proxy = d.cfg, d.log, d.status
+	m.cfg, m.log, m.status = d.cfg, d.log, d.status
 	var err error
 	if m.m, err = newMetrics(d.reg); err != nil {
 		return err
@@ -150,7 +150,7 @@ func (m *Module) setup(d deps) error {
 	}
 	m.peers = newPeers()
 	m.sinks = newSinks(m.m, d.cfg.SinkQueue)
-	m.recv = &receiver{cfg: &d.cfg.Receiver, trustDomain: d.trustDomain, domain: d.clusterDomain, log: d.log, m: m.m,
+	m.recv = &receiver{cfg: &d.cfg.Receiver, trustDomain: d.trustDomain, domain: d.clusterDomain, m: m.m,
 		peers: m.peers, sinks: m.sinks, stop: make(chan struct{}), perConn: map[string]int{}}
 	if m.recv.http, err = fam(httpLabels, httpSpecs(&d.cfg.Metrics)); err != nil {
 		return err
@@ -214,8 +214,8 @@ func (m *Module) watchProxies(ctx context.Context) {
 				// Ones that connected meanwhile come back when they
 				// reconnect or open an access-log stream.
 				live := map[string]bool{}
-				if m.proxy != nil {
-					for _, st := range m.proxy.Statuses() {
+				if m.status != nil {
+					for _, st := range m.status.Statuses() {
 						live["xds/"+st.ConnID] = true
 					}
 				}
@@ -366,8 +366,8 @@ func (m *Module) Status() Status {
 		Streams: StreamStatus{Open: r.nStreams.Load()},
 		Entries: map[string]uint64{"http": r.nHTTP.Load(), "tcp": r.nTCP.Load()},
 		Dropped: DropStatus{
-			Messages: map[string]uint64{reasonTooLarge: r.nMsgDropped[0].Load(), reasonMalformed: r.nMsgDropped[1].Load()},
-			Entries:  map[string]uint64{reasonTooManyEntries: r.nEntryDropped[0].Load(), reasonMalformed: r.nEntryDropped[1].Load()},
+			Messages: map[string]uint64{reasonTooLarge: r.msgTooLarge.Load(), reasonMalformed: r.msgMalformed.Load()},
+			Entries:  map[string]uint64{reasonTooManyEntries: r.entriesTooMany.Load(), reasonMalformed: r.entriesMalformed.Load()},
 		},
 		Metrics: append(r.http.Stats(), r.tcp.Stats()...),
 		Peers:   len(*m.peers.snap.Load()),
