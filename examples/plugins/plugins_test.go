@@ -51,7 +51,7 @@ var build = sync.OnceValues(func() (string, error) {
 	return dir, nil
 })
 
-func declare(t *testing.T, name, kind, binary string, config map[string]any) plugin.PluginConfig {
+func declare(t testing.TB, name, kind, binary string, config map[string]any) plugin.PluginConfig {
 	t.Helper()
 	dir, err := build()
 	if err != nil {

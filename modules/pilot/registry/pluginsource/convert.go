@@ -3,6 +3,7 @@ package pluginsource
 import (
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"maps"
 	"net/netip"
 	"slices"
@@ -91,7 +92,36 @@ func shallowService(ps *discoveryv1.Service) *discoveryv1.Service {
 	return &discoveryv1.Service{
 		Hostname: ps.Hostname, Namespace: ps.Namespace, Ports: ps.Ports, Addresses: ps.Addresses,
 		Resolution: ps.Resolution, MeshExternal: ps.MeshExternal, ExportTo: ps.ExportTo, Labels: ps.Labels,
+		Profiles: ps.Profiles,
 	}
+}
+
+// profileKey identifies what endpoints may share, with the labels by a
+// hash (equal hashes are checked with maps.Equal).
+type profileKey struct {
+	locality           model.Locality
+	namespace, sa, net string
+	weight             uint32
+	health             model.Health
+	labels             uint64
+}
+
+var labelSeed = maphash.MakeSeed()
+
+// labelsHash is an order-independent hash of a label map, computed without
+// allocating.
+func labelsHash(m map[string]string) uint64 {
+	var sum uint64
+	var h maphash.Hash
+	h.SetSeed(labelSeed)
+	for k, v := range m {
+		h.Reset()
+		h.WriteString(k)
+		h.WriteByte(0)
+		h.WriteString(v)
+		sum += h.Sum64()
+	}
+	return sum
 }
 
 func serviceToProto(s *model.Service) *discoveryv1.Service {
@@ -109,14 +139,31 @@ func serviceToProto(s *model.Service) *discoveryv1.Service {
 	for i, p := range s.Ports {
 		ps.Ports[i] = &discoveryv1.Port{Name: p.Name, Number: p.Number, Protocol: string(p.Protocol), TargetPort: p.TargetPort}
 	}
+	// Endpoints usually share most of their attributes (a few label sets,
+	// one locality, one service account): each distinct combination is sent
+	// once as a profile, which makes the message smaller and its decoding on
+	// the host much cheaper.
+	profiles := map[profileKey][]uint32{}
 	eps := make([]discoveryv1.Endpoint, len(s.Endpoints))
 	for i, e := range s.Endpoints {
 		pe := &eps[i]
-		pe.Address, pe.Port, pe.ServicePort = e.Address, e.Port, e.ServicePort
-		pe.Labels, pe.Weight, pe.Health = e.Labels, e.Weight, discoveryv1.Health(e.Health)
-		pe.Namespace, pe.ServiceAccount, pe.Workload, pe.Network = e.Namespace, e.ServiceAccount, e.Workload, e.Network
-		if e.Locality != (model.Locality{}) {
-			pe.Locality = e.Locality.String()
+		pe.Address, pe.Port, pe.ServicePort, pe.Workload = e.Address, e.Port, e.ServicePort, e.Workload
+		k := profileKey{locality: e.Locality, namespace: e.Namespace, sa: e.ServiceAccount, net: e.Network, weight: e.Weight, health: e.Health, labels: labelsHash(e.Labels)}
+		for _, n := range profiles[k] {
+			if maps.Equal(ps.Profiles[n-1].Labels, e.Labels) {
+				pe.Profile = n
+				break
+			}
+		}
+		if pe.Profile == 0 {
+			pp := &discoveryv1.EndpointProfile{Labels: e.Labels, Weight: e.Weight, Health: discoveryv1.Health(e.Health),
+				Namespace: e.Namespace, ServiceAccount: e.ServiceAccount, Network: e.Network}
+			if e.Locality != (model.Locality{}) {
+				pp.Locality = e.Locality.String()
+			}
+			ps.Profiles = append(ps.Profiles, pp)
+			pe.Profile = uint32(len(ps.Profiles))
+			profiles[k] = append(profiles[k], pe.Profile)
 		}
 		ps.Endpoints[i] = pe
 	}
@@ -125,7 +172,8 @@ func serviceToProto(s *model.Service) *discoveryv1.Service {
 
 // decoder turns chunks into services on the host side. The plugin is not
 // trusted: every value is checked, and a service that fails a check is
-// dropped (and reported) rather than passed to pilot.
+// dropped (and reported) rather than passed to pilot. Services are
+// converted as their chunks arrive, while the plugin sends the next ones.
 type decoder struct {
 	source string
 	// prev holds the services of the last state by key; a service that
@@ -134,67 +182,85 @@ type decoder struct {
 	prev map[model.Key]*model.Service
 
 	gen       uint64
-	pending   []*discoveryv1.Service
+	started   bool
+	services  int
 	endpoints int
+	// last is the service of the previous entry, which a continuation may
+	// extend; lastOwned says it is a copy that may grow.
+	last      *discoveryv1.Service
+	lastOwned bool
+	out       []*model.Service
+	problems  []error
+}
+
+func (d *decoder) reset() {
+	d.started, d.services, d.endpoints = false, 0, 0
+	d.last, d.lastOwned, d.out, d.problems = nil, false, nil, nil
 }
 
 // add takes one chunk. It returns the finished state (and the problems
 // found in it) when the chunk is the last of its state.
 func (d *decoder) add(c *discoveryv1.StateChunk) (services []*model.Service, problems []error, done bool, err error) {
-	if len(d.pending) == 0 && d.endpoints == 0 {
-		d.gen = c.GetGeneration()
+	if !d.started {
+		d.started, d.gen = true, c.GetGeneration()
 	} else if c.GetGeneration() != d.gen {
 		return nil, nil, false, fmt.Errorf("chunk of state %d while state %d is incomplete", c.GetGeneration(), d.gen)
 	}
-	for _, s := range c.GetServices() {
-		d.endpoints += len(s.GetEndpoints())
+	for _, ps := range c.GetServices() {
+		d.endpoints += len(ps.GetEndpoints())
+		if !ps.GetContinued() {
+			d.services++
+			d.flush()
+			d.last, d.lastOwned = ps, false
+			continue
+		}
+		if d.last == nil || d.last.GetHostname() != ps.GetHostname() || d.last.GetNamespace() != ps.GetNamespace() {
+			d.problems = append(d.problems, fmt.Errorf("service %s/%s: continuation without its service", ps.GetNamespace(), ps.GetHostname()))
+			continue
+		}
+		// Messages from the wire are not modified: the service is copied
+		// before its endpoints grow.
+		if !d.lastOwned {
+			cp := shallowService(d.last)
+			cp.Endpoints = slices.Clone(d.last.GetEndpoints())
+			d.last, d.lastOwned = cp, true
+		}
+		d.last.Endpoints = append(d.last.Endpoints, ps.GetEndpoints()...)
 	}
-	d.pending = append(d.pending, c.GetServices()...)
-	if len(d.pending) > maxServices || d.endpoints > maxEndpoints {
-		return nil, nil, false, fmt.Errorf("state %d is larger than %d services or %d endpoints", d.gen, maxServices, maxEndpoints)
+	if d.services > maxServices || d.endpoints > maxEndpoints {
+		err := fmt.Errorf("state %d is larger than %d services or %d endpoints", d.gen, maxServices, maxEndpoints)
+		d.reset()
+		return nil, nil, false, err
 	}
 	if !c.GetLast() {
 		return nil, nil, false, nil
 	}
+	d.flush()
 	services, problems = d.finish()
 	return services, problems, true, nil
 }
 
-func (d *decoder) finish() ([]*model.Service, []error) {
-	pending := d.pending
-	d.pending, d.endpoints = nil, 0
-	// Join continuations to the service before them. Messages from the
-	// wire are not modified: the service is copied before its endpoints
-	// grow.
-	var merged []*discoveryv1.Service
-	var problems []error
-	copied := false
-	for _, ps := range pending {
-		if !ps.GetContinued() {
-			merged = append(merged, ps)
-			copied = false
-			continue
-		}
-		if len(merged) == 0 || merged[len(merged)-1].GetHostname() != ps.GetHostname() || merged[len(merged)-1].GetNamespace() != ps.GetNamespace() {
-			problems = append(problems, fmt.Errorf("service %s/%s: continuation without its service", ps.GetNamespace(), ps.GetHostname()))
-			continue
-		}
-		last := merged[len(merged)-1]
-		if !copied {
-			c := shallowService(last)
-			c.Endpoints = slices.Clone(last.GetEndpoints())
-			merged[len(merged)-1], last, copied = c, c, true
-		}
-		last.Endpoints = append(last.Endpoints, ps.GetEndpoints()...)
+// flush converts the pending service.
+func (d *decoder) flush() {
+	if d.last == nil {
+		return
 	}
-	next := make(map[model.Key]*model.Service, len(merged))
-	out := make([]*model.Service, 0, len(merged))
-	for _, ps := range merged {
-		s, err := serviceFromProto(ps, d.source)
-		if err != nil {
-			problems = append(problems, err)
-			continue
-		}
+	s, err := serviceFromProto(d.last, d.source)
+	d.last, d.lastOwned = nil, false
+	if err != nil {
+		d.problems = append(d.problems, err)
+		return
+	}
+	d.out = append(d.out, s)
+}
+
+// finish drops duplicates and reuses the pointers of unchanged services.
+func (d *decoder) finish() ([]*model.Service, []error) {
+	converted, problems := d.out, d.problems
+	d.reset()
+	next := make(map[model.Key]*model.Service, len(converted))
+	out := converted[:0]
+	for _, s := range converted {
 		k := s.Key()
 		if _, dup := next[k]; dup {
 			problems = append(problems, fmt.Errorf("service %s/%s: reported twice; keeping the first", k.Namespace, k.Hostname))
@@ -213,6 +279,15 @@ func (d *decoder) finish() ([]*model.Service, []error) {
 func checkString(what, s string) error {
 	if len(s) > maxString {
 		return fmt.Errorf("%s is longer than %d bytes", what, maxString)
+	}
+	return nil
+}
+
+func checkAttrs(fields ...string) error {
+	for _, f := range fields {
+		if err := checkString("endpoint field", f); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -253,8 +328,10 @@ func serviceFromProto(ps *discoveryv1.Service, source string) (*model.Service, e
 		MeshExternal: ps.GetMeshExternal(),
 		Source:       source,
 	}
+	// Messages decoded from the wire belong to this decoder alone, so
+	// their maps are used as they are rather than copied.
 	if len(ps.GetLabels()) > 0 {
-		s.Labels = maps.Clone(ps.GetLabels())
+		s.Labels = ps.GetLabels()
 	}
 	for _, a := range ps.GetAddresses() {
 		if _, err := netip.ParseAddr(a); err != nil {
@@ -291,6 +368,29 @@ func serviceFromProto(ps *discoveryv1.Service, source string) (*model.Service, e
 	if len(s.Ports) == 0 {
 		return fail("no ports")
 	}
+	profiles := make([]model.Endpoint, len(ps.GetProfiles()))
+	for i, pp := range ps.GetProfiles() {
+		p := &profiles[i]
+		if err := checkLabels(fmt.Sprintf("profile %d", i+1), pp.GetLabels()); err != nil {
+			return fail("%v", err)
+		}
+		if err := checkAttrs(pp.GetLocality(), pp.GetNamespace(), pp.GetServiceAccount(), pp.GetNetwork()); err != nil {
+			return fail("profile %d: %v", i+1, err)
+		}
+		if h := pp.GetHealth(); h < discoveryv1.Health_HEALTH_HEALTHY || h > discoveryv1.Health_HEALTH_DRAINING {
+			return fail("profile %d: unknown health %d", i+1, h)
+		}
+		// Messages decoded from the wire belong to this decoder alone, so
+		// their maps are used as they are rather than copied.
+		if len(pp.GetLabels()) > 0 {
+			p.Labels = pp.GetLabels()
+		}
+		if l := pp.GetLocality(); l != "" {
+			p.Locality = model.ParseLocality(l)
+		}
+		p.Weight, p.Health = pp.GetWeight(), model.Health(pp.GetHealth())
+		p.Namespace, p.ServiceAccount, p.Network = pp.GetNamespace(), pp.GetServiceAccount(), pp.GetNetwork()
+	}
 	s.Endpoints = make([]*model.Endpoint, 0, len(ps.GetEndpoints()))
 	block := make([]model.Endpoint, len(ps.GetEndpoints()))
 	for i, pe := range ps.GetEndpoints() {
@@ -299,7 +399,31 @@ func serviceFromProto(ps *discoveryv1.Service, source string) (*model.Service, e
 			return fail("endpoint %s serves port %d, which the service does not have", pe.GetAddress(), pe.GetServicePort())
 		}
 		e := &block[i]
-		e.Address, e.Port, e.ServicePort = pe.GetAddress(), pe.GetPort(), pe.GetServicePort()
+		if n := pe.GetProfile(); n > 0 {
+			if int(n) > len(profiles) {
+				return fail("endpoint %s: profile %d of %d", pe.GetAddress(), n, len(profiles))
+			}
+			*e = profiles[n-1]
+		} else {
+			if h := pe.GetHealth(); h < discoveryv1.Health_HEALTH_HEALTHY || h > discoveryv1.Health_HEALTH_DRAINING {
+				return fail("endpoint %s: unknown health %d", pe.GetAddress(), h)
+			}
+			if err := checkLabels("endpoint "+pe.GetAddress(), pe.GetLabels()); err != nil {
+				return fail("%v", err)
+			}
+			if err := checkAttrs(pe.GetLocality(), pe.GetNamespace(), pe.GetServiceAccount(), pe.GetNetwork()); err != nil {
+				return fail("endpoint %s: %v", pe.GetAddress(), err)
+			}
+			if len(pe.GetLabels()) > 0 {
+				e.Labels = pe.GetLabels()
+			}
+			if l := pe.GetLocality(); l != "" {
+				e.Locality = model.ParseLocality(l)
+			}
+			e.Weight, e.Health = pe.GetWeight(), model.Health(pe.GetHealth())
+			e.Namespace, e.ServiceAccount, e.Network = pe.GetNamespace(), pe.GetServiceAccount(), pe.GetNetwork()
+		}
+		e.Address, e.Port, e.ServicePort, e.Workload = pe.GetAddress(), pe.GetPort(), pe.GetServicePort(), pe.GetWorkload()
 		if e.Address == "" {
 			return fail("endpoint without an address")
 		}
@@ -310,6 +434,9 @@ func serviceFromProto(ps *discoveryv1.Service, source string) (*model.Service, e
 		} else if err := checkString("endpoint address", e.Address); err != nil {
 			return fail("%v", err)
 		}
+		if err := checkString("workload", e.Workload); err != nil {
+			return fail("endpoint %s: %v", e.Address, err)
+		}
 		if e.Port == 0 {
 			e.Port = sp.TargetPort
 			if e.Port == 0 {
@@ -319,26 +446,6 @@ func serviceFromProto(ps *discoveryv1.Service, source string) (*model.Service, e
 		if e.Port > 65535 {
 			return fail("endpoint %s port %d out of range", e.Address, e.Port)
 		}
-		if h := pe.GetHealth(); h < discoveryv1.Health_HEALTH_HEALTHY || h > discoveryv1.Health_HEALTH_DRAINING {
-			return fail("endpoint %s: unknown health %d", e.Address, h)
-		}
-		e.Health = model.Health(pe.GetHealth())
-		e.Weight = pe.GetWeight()
-		if err := checkLabels("endpoint "+e.Address, pe.GetLabels()); err != nil {
-			return fail("%v", err)
-		}
-		if len(pe.GetLabels()) > 0 {
-			e.Labels = maps.Clone(pe.GetLabels())
-		}
-		for _, f := range []string{pe.GetLocality(), pe.GetNamespace(), pe.GetServiceAccount(), pe.GetWorkload(), pe.GetNetwork()} {
-			if err := checkString("endpoint field", f); err != nil {
-				return fail("endpoint %s: %v", e.Address, err)
-			}
-		}
-		if l := pe.GetLocality(); l != "" {
-			e.Locality = model.ParseLocality(l)
-		}
-		e.Namespace, e.ServiceAccount, e.Workload, e.Network = pe.GetNamespace(), pe.GetServiceAccount(), pe.GetWorkload(), pe.GetNetwork()
 		s.Endpoints = append(s.Endpoints, e)
 	}
 	return s.Finalize(), nil

@@ -112,7 +112,7 @@ func watch(ctx context.Context, cc grpc.ClientConnInterface, dec *decoder, log *
 		}
 		return fmt.Errorf("discovery watch: %w", err)
 	}
-	dec.pending, dec.endpoints = nil, 0
+	dec.reset()
 	for {
 		chunk, err := stream.Recv()
 		if err != nil {

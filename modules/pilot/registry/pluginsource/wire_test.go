@@ -26,6 +26,11 @@ func TestChunking(t *testing.T) {
 	services = append(services, sourcetest.Service("big.example.com", "ns", 3*chunkEndpoints+17), sourcetest.Service("none.example.com", "ns", 0))
 	var e encoder
 	chunks := e.chunks(7, services)
+	// sourcetest.Service's endpoint attributes repeat every 12 endpoints:
+	// 400 endpoints share 12 profiles.
+	if n := len(chunks[0].Services[0].Profiles); n != 12 {
+		t.Errorf("%d profiles for one service, want 12", n)
+	}
 	for i, c := range chunks {
 		n := 0
 		for _, s := range c.Services {
@@ -94,6 +99,14 @@ func TestDecoderRejects(t *testing.T) {
 			}
 		}, "labels"},
 		{"long string", func(s *discoveryv1.Service) { s.Endpoints[0].Workload = strings.Repeat("w", maxString+1) }, "longer than"},
+		{"missing profile", func(s *discoveryv1.Service) { s.Endpoints[0].Profile = 2 }, "profile 2 of 0"},
+		{"profile health", func(s *discoveryv1.Service) {
+			s.Profiles = []*discoveryv1.EndpointProfile{{Health: 5}}
+			s.Endpoints[0].Profile = 1
+		}, "profile 1: unknown health"},
+		{"profile string", func(s *discoveryv1.Service) {
+			s.Profiles = []*discoveryv1.EndpointProfile{{ServiceAccount: strings.Repeat("s", maxString+1)}}
+		}, "profile 1: endpoint field is longer than"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			bad := ok()

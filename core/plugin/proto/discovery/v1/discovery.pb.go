@@ -240,7 +240,13 @@ type Service struct {
 	// continued marks a chunk that only carries more endpoints of the service
 	// with this hostname and namespace from the previous chunk; its other
 	// fields are empty.
-	Continued     bool `protobuf:"varint,10,opt,name=continued,proto3" json:"continued,omitempty"`
+	Continued bool `protobuf:"varint,10,opt,name=continued,proto3" json:"continued,omitempty"`
+	// profiles hold what many endpoints of the service share. An endpoint
+	// with profile n > 0 takes its labels, locality, weight, health,
+	// namespace, service account and network from profiles[n-1] and leaves
+	// its own fields of those empty. Profiles travel with the service's
+	// first entry, never with a continuation.
+	Profiles      []*EndpointProfile `protobuf:"bytes,11,rep,name=profiles,proto3" json:"profiles,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -345,6 +351,105 @@ func (x *Service) GetContinued() bool {
 	return false
 }
 
+func (x *Service) GetProfiles() []*EndpointProfile {
+	if x != nil {
+		return x.Profiles
+	}
+	return nil
+}
+
+type EndpointProfile struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Labels         map[string]string      `protobuf:"bytes,1,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Locality       string                 `protobuf:"bytes,2,opt,name=locality,proto3" json:"locality,omitempty"`
+	Weight         uint32                 `protobuf:"varint,3,opt,name=weight,proto3" json:"weight,omitempty"`
+	Health         Health                 `protobuf:"varint,4,opt,name=health,proto3,enum=meshd.plugin.discovery.v1.Health" json:"health,omitempty"`
+	Namespace      string                 `protobuf:"bytes,5,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	ServiceAccount string                 `protobuf:"bytes,6,opt,name=service_account,json=serviceAccount,proto3" json:"service_account,omitempty"`
+	Network        string                 `protobuf:"bytes,7,opt,name=network,proto3" json:"network,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *EndpointProfile) Reset() {
+	*x = EndpointProfile{}
+	mi := &file_discovery_v1_discovery_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EndpointProfile) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EndpointProfile) ProtoMessage() {}
+
+func (x *EndpointProfile) ProtoReflect() protoreflect.Message {
+	mi := &file_discovery_v1_discovery_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EndpointProfile.ProtoReflect.Descriptor instead.
+func (*EndpointProfile) Descriptor() ([]byte, []int) {
+	return file_discovery_v1_discovery_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *EndpointProfile) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *EndpointProfile) GetLocality() string {
+	if x != nil {
+		return x.Locality
+	}
+	return ""
+}
+
+func (x *EndpointProfile) GetWeight() uint32 {
+	if x != nil {
+		return x.Weight
+	}
+	return 0
+}
+
+func (x *EndpointProfile) GetHealth() Health {
+	if x != nil {
+		return x.Health
+	}
+	return Health_HEALTH_HEALTHY
+}
+
+func (x *EndpointProfile) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *EndpointProfile) GetServiceAccount() string {
+	if x != nil {
+		return x.ServiceAccount
+	}
+	return ""
+}
+
+func (x *EndpointProfile) GetNetwork() string {
+	if x != nil {
+		return x.Network
+	}
+	return ""
+}
+
 type Port struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Name   string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -358,7 +463,7 @@ type Port struct {
 
 func (x *Port) Reset() {
 	*x = Port{}
-	mi := &file_discovery_v1_discovery_proto_msgTypes[3]
+	mi := &file_discovery_v1_discovery_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -370,7 +475,7 @@ func (x *Port) String() string {
 func (*Port) ProtoMessage() {}
 
 func (x *Port) ProtoReflect() protoreflect.Message {
-	mi := &file_discovery_v1_discovery_proto_msgTypes[3]
+	mi := &file_discovery_v1_discovery_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -383,7 +488,7 @@ func (x *Port) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Port.ProtoReflect.Descriptor instead.
 func (*Port) Descriptor() ([]byte, []int) {
-	return file_discovery_v1_discovery_proto_rawDescGZIP(), []int{3}
+	return file_discovery_v1_discovery_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Port) GetName() string {
@@ -428,13 +533,16 @@ type Endpoint struct {
 	ServiceAccount string `protobuf:"bytes,9,opt,name=service_account,json=serviceAccount,proto3" json:"service_account,omitempty"`
 	Workload       string `protobuf:"bytes,10,opt,name=workload,proto3" json:"workload,omitempty"`
 	Network        string `protobuf:"bytes,11,opt,name=network,proto3" json:"network,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// profile, when not 0, is 1 + the index of the service's profile this
+	// endpoint shares.
+	Profile       uint32 `protobuf:"varint,12,opt,name=profile,proto3" json:"profile,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_discovery_v1_discovery_proto_msgTypes[4]
+	mi := &file_discovery_v1_discovery_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -446,7 +554,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_discovery_v1_discovery_proto_msgTypes[4]
+	mi := &file_discovery_v1_discovery_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -459,7 +567,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_discovery_v1_discovery_proto_rawDescGZIP(), []int{4}
+	return file_discovery_v1_discovery_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Endpoint) GetAddress() string {
@@ -539,6 +647,13 @@ func (x *Endpoint) GetNetwork() string {
 	return ""
 }
 
+func (x *Endpoint) GetProfile() uint32 {
+	if x != nil {
+		return x.Profile
+	}
+	return 0
+}
+
 var File_discovery_v1_discovery_proto protoreflect.FileDescriptor
 
 const file_discovery_v1_discovery_proto_rawDesc = "" +
@@ -551,7 +666,7 @@ const file_discovery_v1_discovery_proto_rawDesc = "" +
 	"generation\x18\x01 \x01(\x04R\n" +
 	"generation\x12>\n" +
 	"\bservices\x18\x02 \x03(\v2\".meshd.plugin.discovery.v1.ServiceR\bservices\x12\x12\n" +
-	"\x04last\x18\x03 \x01(\bR\x04last\"\x85\x04\n" +
+	"\x04last\x18\x03 \x01(\bR\x04last\"\xcd\x04\n" +
 	"\aService\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x125\n" +
@@ -565,7 +680,19 @@ const file_discovery_v1_discovery_proto_rawDesc = "" +
 	"\x06labels\x18\b \x03(\v2..meshd.plugin.discovery.v1.Service.LabelsEntryR\x06labels\x12A\n" +
 	"\tendpoints\x18\t \x03(\v2#.meshd.plugin.discovery.v1.EndpointR\tendpoints\x12\x1c\n" +
 	"\tcontinued\x18\n" +
-	" \x01(\bR\tcontinued\x1a9\n" +
+	" \x01(\bR\tcontinued\x12F\n" +
+	"\bprofiles\x18\v \x03(\v2*.meshd.plugin.discovery.v1.EndpointProfileR\bprofiles\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xec\x02\n" +
+	"\x0fEndpointProfile\x12N\n" +
+	"\x06labels\x18\x01 \x03(\v26.meshd.plugin.discovery.v1.EndpointProfile.LabelsEntryR\x06labels\x12\x1a\n" +
+	"\blocality\x18\x02 \x01(\tR\blocality\x12\x16\n" +
+	"\x06weight\x18\x03 \x01(\rR\x06weight\x129\n" +
+	"\x06health\x18\x04 \x01(\x0e2!.meshd.plugin.discovery.v1.HealthR\x06health\x12\x1c\n" +
+	"\tnamespace\x18\x05 \x01(\tR\tnamespace\x12'\n" +
+	"\x0fservice_account\x18\x06 \x01(\tR\x0eserviceAccount\x12\x18\n" +
+	"\anetwork\x18\a \x01(\tR\anetwork\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"o\n" +
@@ -574,7 +701,7 @@ const file_discovery_v1_discovery_proto_rawDesc = "" +
 	"\x06number\x18\x02 \x01(\rR\x06number\x12\x1a\n" +
 	"\bprotocol\x18\x03 \x01(\tR\bprotocol\x12\x1f\n" +
 	"\vtarget_port\x18\x04 \x01(\rR\n" +
-	"targetPort\"\xcb\x03\n" +
+	"targetPort\"\xe5\x03\n" +
 	"\bEndpoint\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12!\n" +
@@ -587,7 +714,8 @@ const file_discovery_v1_discovery_proto_rawDesc = "" +
 	"\x0fservice_account\x18\t \x01(\tR\x0eserviceAccount\x12\x1a\n" +
 	"\bworkload\x18\n" +
 	" \x01(\tR\bworkload\x12\x18\n" +
-	"\anetwork\x18\v \x01(\tR\anetwork\x1a9\n" +
+	"\anetwork\x18\v \x01(\tR\anetwork\x12\x18\n" +
+	"\aprofile\x18\f \x01(\rR\aprofile\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*l\n" +
@@ -617,33 +745,38 @@ func file_discovery_v1_discovery_proto_rawDescGZIP() []byte {
 }
 
 var file_discovery_v1_discovery_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_discovery_v1_discovery_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_discovery_v1_discovery_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_discovery_v1_discovery_proto_goTypes = []any{
-	(Resolution)(0),      // 0: meshd.plugin.discovery.v1.Resolution
-	(Health)(0),          // 1: meshd.plugin.discovery.v1.Health
-	(*WatchRequest)(nil), // 2: meshd.plugin.discovery.v1.WatchRequest
-	(*StateChunk)(nil),   // 3: meshd.plugin.discovery.v1.StateChunk
-	(*Service)(nil),      // 4: meshd.plugin.discovery.v1.Service
-	(*Port)(nil),         // 5: meshd.plugin.discovery.v1.Port
-	(*Endpoint)(nil),     // 6: meshd.plugin.discovery.v1.Endpoint
-	nil,                  // 7: meshd.plugin.discovery.v1.Service.LabelsEntry
-	nil,                  // 8: meshd.plugin.discovery.v1.Endpoint.LabelsEntry
+	(Resolution)(0),         // 0: meshd.plugin.discovery.v1.Resolution
+	(Health)(0),             // 1: meshd.plugin.discovery.v1.Health
+	(*WatchRequest)(nil),    // 2: meshd.plugin.discovery.v1.WatchRequest
+	(*StateChunk)(nil),      // 3: meshd.plugin.discovery.v1.StateChunk
+	(*Service)(nil),         // 4: meshd.plugin.discovery.v1.Service
+	(*EndpointProfile)(nil), // 5: meshd.plugin.discovery.v1.EndpointProfile
+	(*Port)(nil),            // 6: meshd.plugin.discovery.v1.Port
+	(*Endpoint)(nil),        // 7: meshd.plugin.discovery.v1.Endpoint
+	nil,                     // 8: meshd.plugin.discovery.v1.Service.LabelsEntry
+	nil,                     // 9: meshd.plugin.discovery.v1.EndpointProfile.LabelsEntry
+	nil,                     // 10: meshd.plugin.discovery.v1.Endpoint.LabelsEntry
 }
 var file_discovery_v1_discovery_proto_depIdxs = []int32{
-	4, // 0: meshd.plugin.discovery.v1.StateChunk.services:type_name -> meshd.plugin.discovery.v1.Service
-	5, // 1: meshd.plugin.discovery.v1.Service.ports:type_name -> meshd.plugin.discovery.v1.Port
-	0, // 2: meshd.plugin.discovery.v1.Service.resolution:type_name -> meshd.plugin.discovery.v1.Resolution
-	7, // 3: meshd.plugin.discovery.v1.Service.labels:type_name -> meshd.plugin.discovery.v1.Service.LabelsEntry
-	6, // 4: meshd.plugin.discovery.v1.Service.endpoints:type_name -> meshd.plugin.discovery.v1.Endpoint
-	8, // 5: meshd.plugin.discovery.v1.Endpoint.labels:type_name -> meshd.plugin.discovery.v1.Endpoint.LabelsEntry
-	1, // 6: meshd.plugin.discovery.v1.Endpoint.health:type_name -> meshd.plugin.discovery.v1.Health
-	2, // 7: meshd.plugin.discovery.v1.Discovery.Watch:input_type -> meshd.plugin.discovery.v1.WatchRequest
-	3, // 8: meshd.plugin.discovery.v1.Discovery.Watch:output_type -> meshd.plugin.discovery.v1.StateChunk
-	8, // [8:9] is the sub-list for method output_type
-	7, // [7:8] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	4,  // 0: meshd.plugin.discovery.v1.StateChunk.services:type_name -> meshd.plugin.discovery.v1.Service
+	6,  // 1: meshd.plugin.discovery.v1.Service.ports:type_name -> meshd.plugin.discovery.v1.Port
+	0,  // 2: meshd.plugin.discovery.v1.Service.resolution:type_name -> meshd.plugin.discovery.v1.Resolution
+	8,  // 3: meshd.plugin.discovery.v1.Service.labels:type_name -> meshd.plugin.discovery.v1.Service.LabelsEntry
+	7,  // 4: meshd.plugin.discovery.v1.Service.endpoints:type_name -> meshd.plugin.discovery.v1.Endpoint
+	5,  // 5: meshd.plugin.discovery.v1.Service.profiles:type_name -> meshd.plugin.discovery.v1.EndpointProfile
+	9,  // 6: meshd.plugin.discovery.v1.EndpointProfile.labels:type_name -> meshd.plugin.discovery.v1.EndpointProfile.LabelsEntry
+	1,  // 7: meshd.plugin.discovery.v1.EndpointProfile.health:type_name -> meshd.plugin.discovery.v1.Health
+	10, // 8: meshd.plugin.discovery.v1.Endpoint.labels:type_name -> meshd.plugin.discovery.v1.Endpoint.LabelsEntry
+	1,  // 9: meshd.plugin.discovery.v1.Endpoint.health:type_name -> meshd.plugin.discovery.v1.Health
+	2,  // 10: meshd.plugin.discovery.v1.Discovery.Watch:input_type -> meshd.plugin.discovery.v1.WatchRequest
+	3,  // 11: meshd.plugin.discovery.v1.Discovery.Watch:output_type -> meshd.plugin.discovery.v1.StateChunk
+	11, // [11:12] is the sub-list for method output_type
+	10, // [10:11] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_discovery_v1_discovery_proto_init() }
@@ -657,7 +790,7 @@ func file_discovery_v1_discovery_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_discovery_v1_discovery_proto_rawDesc), len(file_discovery_v1_discovery_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   7,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
