@@ -1,7 +1,6 @@
 package galley_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -272,17 +271,24 @@ func TestStoreSurvivesSIGKILL(t *testing.T) {
 	var rev galley.RevisionDetail
 	getJSON(t, s2, fmt.Sprintf("/config/revisions/%d", z.Revision), &rev)
 	for name, ms := range last {
-		want := fmt.Sprintf(`"timeout":%q`, (time.Duration(ms) * time.Millisecond).String())
-		var got bytes.Buffer
+		want := time.Duration(ms) * time.Millisecond
+		var got time.Duration
 		for _, o := range rev.Config {
-			if string(o.Key) == "VirtualService/shop/"+name {
-				if err := json.Compact(&got, o.Object); err != nil {
-					t.Fatal(err)
-				}
+			if string(o.Key) != "VirtualService/shop/"+name {
+				continue
 			}
+			var vs struct {
+				Spec struct {
+					HTTP []struct{ Timeout string } `json:"http"`
+				} `json:"spec"`
+			}
+			if err := json.Unmarshal(o.Object, &vs); err != nil {
+				t.Fatal(err)
+			}
+			got, _ = time.ParseDuration(vs.Spec.HTTP[0].Timeout)
 		}
-		if !strings.Contains(got.String(), want) {
-			t.Fatalf("%s: served config %s lacks %s (revision %d)", name, got.String(), want, rev.Revision)
+		if got != want {
+			t.Fatalf("%s: served timeout %s, but the file says %s (revision %d)", name, got, want, rev.Revision)
 		}
 	}
 }
