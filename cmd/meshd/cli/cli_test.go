@@ -63,7 +63,7 @@ func TestConfigPrecedence(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
 	var got struct {
-		Log struct{ Level, Format string }
+		Log  struct{ Level, Format string }
 		Mesh struct {
 			TrustDomain string `yaml:"trustDomain"`
 		}
