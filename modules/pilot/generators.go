@@ -14,6 +14,7 @@ import (
 	"github.com/meshd/meshd/modules/pilot/generate"
 	"github.com/meshd/meshd/modules/pilot/generate/envoy"
 	"github.com/meshd/meshd/modules/pilot/generate/proxyless"
+	"github.com/meshd/meshd/modules/pilot/index"
 	xdsapi "github.com/meshd/meshd/xds/api"
 )
 
@@ -48,19 +49,23 @@ func (g *generator) Generate(_ context.Context, req xdsapi.GenerateRequest) ([]x
 	if !g.m.pushedOnceAtomic() {
 		return nil, errNotSynced
 	}
-	ix := g.m.ix.Load()
-	p := req.Proxy
-	s := generate.NewScope(ix, p, generate.FlavorOf(p.Type))
+	ix, p := g.m.ix.Load(), req.Proxy
+	s := g.m.scope(ix, req.Key, p)
 	if p.Type == xdsapi.Proxyless {
 		switch g.typeURL {
 		case xdsapi.ClusterType:
-			return filter(resources(generate.Clusters(s)), req.Names), nil
+			return filter(resources(s, generate.Clusters(s)), req.Names), nil
 		case xdsapi.EndpointType:
-			return resources(generate.LoadAssignments(s, req.Names)), nil
+			return resources(s, generate.LoadAssignments(s, req.Names)), nil
 		case xdsapi.ListenerType:
-			return resources(proxyless.Listeners(s, req.Names)), nil
+			ls, routes := proxyless.ListenersWithRoutes(s, req.Names)
+			out := resources(s, ls)
+			for i := range out {
+				out[i].Version = "rds=" + routes[i]
+			}
+			return out, nil
 		case xdsapi.RouteType:
-			return resources(proxyless.RouteConfigs(s, req.Names)), nil
+			return resources(s, proxyless.RouteConfigs(s, req.Names)), nil
 		}
 		return nil, nil
 	}
@@ -73,13 +78,13 @@ func (g *generator) Generate(_ context.Context, req xdsapi.GenerateRequest) ([]x
 			}
 		}
 		slices.SortFunc(clusters, func(a, b *clusterv3.Cluster) int { return strings.Compare(a.GetName(), b.GetName()) })
-		return filter(resources(clusters), req.Names), nil
+		return filter(resources(s, clusters), req.Names), nil
 	case xdsapi.EndpointType:
-		return resources(generate.LoadAssignments(s, req.Names)), nil
+		return resources(s, generate.LoadAssignments(s, req.Names)), nil
 	case xdsapi.ListenerType:
-		return filter(resources(g.m.envoy.Listeners(ix, p)), req.Names), nil
+		return filter(resources(s, g.m.envoy.Listeners(ix, p)), req.Names), nil
 	case xdsapi.RouteType:
-		return filter(resources(g.m.envoy.Routes(ix, p)), req.Names), nil
+		return filter(resources(s, g.m.envoy.Routes(ix, p)), req.Names), nil
 	}
 	return nil, nil
 }
@@ -95,8 +100,9 @@ type clusterNamed interface {
 }
 
 // resources wraps messages as xDS resources named by their name (or, for
-// ClusterLoadAssignments, their cluster name).
-func resources[T proto.Message](msgs []T) []xdsapi.Resource {
+// ClusterLoadAssignments, their cluster name), with the version the scope's
+// cache gave them.
+func resources[T proto.Message](s *generate.Scope, msgs []T) []xdsapi.Resource {
 	out := make([]xdsapi.Resource, 0, len(msgs))
 	for _, msg := range msgs {
 		var name string
@@ -106,7 +112,7 @@ func resources[T proto.Message](msgs []T) []xdsapi.Resource {
 		case named:
 			name = v.GetName()
 		}
-		out = append(out, xdsapi.Resource{Name: name, Message: msg})
+		out = append(out, xdsapi.Resource{Name: name, Message: msg, Version: s.Version(msg)})
 	}
 	return out
 }
@@ -123,6 +129,35 @@ func filter(res []xdsapi.Resource, names []string) []xdsapi.Resource {
 	}
 	return slices.DeleteFunc(res, func(r xdsapi.Resource) bool { return !want[r.Name] })
 }
+
+// scope returns the scope of a generator key in ix. The server generates a
+// group's types one after another with the same key, so the scope (its
+// service list, cluster list and policies) is built once per group and
+// index rather than once per type. Scopes of an older index are dropped.
+func (m *Module) scope(ix *index.Index, key string, p *xdsapi.Proxy) *generate.Scope {
+	m.scopeMu.Lock()
+	defer m.scopeMu.Unlock()
+	if m.scopeIx != ix {
+		m.scopeIx, m.scopes = ix, map[string]*generate.Scope{}
+	}
+	// The key of another type may differ (EDS keys leave Envoy parts out),
+	// so scopes are kept by the part every type's key starts with.
+	k := generate.Key(ix, p)
+	if s := m.scopes[k]; s != nil {
+		return s
+	}
+	s := generate.NewScope(ix, p, generate.FlavorOf(p.Type))
+	s.Cache = m.cache
+	if len(m.scopes) > maxScopes {
+		clear(m.scopes)
+	}
+	m.scopes[k] = s
+	return s
+}
+
+// maxScopes bounds the scopes kept for one index; more groups than this
+// just build theirs again.
+const maxScopes = 4096
 
 // objectHash is an object's content digest: the decoder's, or computed.
 func objectHash(o *galleyapi.Object) uint64 {

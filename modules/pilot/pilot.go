@@ -32,6 +32,7 @@ import (
 	"github.com/meshd/meshd/core/bus"
 	galleyapi "github.com/meshd/meshd/modules/galley/api"
 	pilotapi "github.com/meshd/meshd/modules/pilot/api"
+	"github.com/meshd/meshd/modules/pilot/generate"
 	"github.com/meshd/meshd/modules/pilot/generate/envoy"
 	"github.com/meshd/meshd/modules/pilot/index"
 	"github.com/meshd/meshd/modules/pilot/model"
@@ -96,6 +97,11 @@ type Module struct {
 	agg    *registry.Aggregate
 	config *registry.ConfigSource
 	envoy  *envoy.Generator
+	cache  *generate.Cache
+
+	scopeMu sync.Mutex
+	scopeIx *index.Index
+	scopes  map[string]*generate.Scope
 
 	// ix is the index generators read; swapped whole, read without locks.
 	ix atomic.Pointer[index.Index]
@@ -177,6 +183,7 @@ func (m *Module) Provision(ctx *core.Context) error {
 		return err
 	}
 	m.envoy = envoy.New(envoy.Options{})
+	m.cache = generate.NewCache()
 	m.snap = m.galley.Accepted()
 	m.config.SetConfig(m.snap)
 	m.ix.Store(index.New(m.mesh, cfg.RootNamespace, nil, m.snap))
@@ -305,6 +312,9 @@ func (m *Module) rebuild(reason string) {
 	default:
 		m.finishBuild(ix, start, "", reason, nil)
 		return // e.g. a WorkloadEntry for no service: nothing any proxy sees
+	}
+	if req.Full {
+		m.cache.Sweep() // what the last full push did not use is gone
 	}
 	m.xds.Push(req)
 	kind := "eds"

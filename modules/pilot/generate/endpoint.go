@@ -53,6 +53,15 @@ func LoadAssignments(s *Scope, names []string) []*endpointv3.ClusterLoadAssignme
 // endpoints gets an assignment with no localities, which Envoy and grpc-go
 // both take as "no healthy upstream" rather than an error.
 func LoadAssignment(s *Scope, r ClusterRef) *endpointv3.ClusterLoadAssignment {
+	if s.Cache == nil {
+		return buildLoadAssignment(s, r)
+	}
+	cla, v := s.Cache.loadAssignment(s, r)
+	s.setVersion(cla, v)
+	return cla
+}
+
+func buildLoadAssignment(s *Scope, r ClusterRef) *endpointv3.ClusterLoadAssignment {
 	eps := index.SubsetEndpoints(r.Service, r.Port.Number, r.Subset)
 	return &endpointv3.ClusterLoadAssignment{ClusterName: r.Name, Endpoints: localityGroups(s, r, eps, s.Policy(r))}
 }
@@ -74,20 +83,31 @@ func localityGroups(s *Scope, r ClusterRef, eps []*model.Endpoint, tp *networkin
 	if len(eps) == 0 {
 		return nil
 	}
-	seen := make(map[string]struct{}, len(eps))
 	var groups []*localityGroup
-	byKey := map[string]*localityGroup{}
-	for _, e := range eps {
-		addr := e.Address + ":" + strconv.FormatUint(uint64(e.Port), 10)
-		if _, dup := seen[addr]; dup {
-			continue // grpc-go rejects an assignment listing one address twice
+	var seen map[string]bool // for long lists; short ones are scanned
+	if len(eps) > 16 {
+		seen = make(map[string]bool, len(eps))
+	}
+	for i, e := range eps {
+		// grpc-go rejects an assignment listing one address twice.
+		if seen != nil {
+			addr := e.Address + ":" + strconv.FormatUint(uint64(e.Port), 10)
+			if seen[addr] {
+				continue
+			}
+			seen[addr] = true
+		} else if duplicate(eps[:i], e) {
+			continue
 		}
-		seen[addr] = struct{}{}
-		k := e.Locality.String()
-		g := byKey[k]
+		var g *localityGroup
+		for _, x := range groups {
+			if x.loc == e.Locality {
+				g = x
+				break
+			}
+		}
 		if g == nil {
-			g = &localityGroup{loc: e.Locality, key: k}
-			byKey[k] = g
+			g = &localityGroup{loc: e.Locality, key: e.Locality.String()}
 			groups = append(groups, g)
 		}
 		g.lbs = append(g.lbs, lbEndpoint(s, e))
@@ -120,12 +140,35 @@ func localityGroups(s *Scope, r ClusterRef, eps []*model.Endpoint, tp *networkin
 	return out
 }
 
+// weightOne is the weight of most endpoints, shared.
+var weightOne = wrapperspb.UInt32(1)
+
+// tlsModeIstio is the endpoint metadata auto mTLS matches, shared.
+var tlsModeIstio = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
+	transportSocketMatchKey: {Fields: map[string]*structpb.Value{"tlsMode": structpb.NewStringValue("istio")}},
+}}
+
+// duplicate reports whether an earlier endpoint has e's address and port.
+func duplicate(before []*model.Endpoint, e *model.Endpoint) bool {
+	for i := len(before) - 1; i >= 0; i-- {
+		b := before[i]
+		if b.Address == e.Address && b.Port == e.Port {
+			return true
+		}
+	}
+	return false
+}
+
 func lbEndpoint(s *Scope, e *model.Endpoint) *endpointv3.LbEndpoint {
+	w := weightOne
+	if e.LBWeight() != 1 {
+		w = wrapperspb.UInt32(e.LBWeight())
+	}
 	lb := &endpointv3.LbEndpoint{
 		HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
 			Address: SocketAddress(e.Address, e.Port),
 		}},
-		LoadBalancingWeight: wrapperspb.UInt32(e.LBWeight()),
+		LoadBalancingWeight: w,
 	}
 	switch e.Health {
 	case model.Unhealthy:
@@ -136,9 +179,7 @@ func lbEndpoint(s *Scope, e *model.Endpoint) *endpointv3.LbEndpoint {
 		lb.HealthStatus = corev3.HealthStatus_HEALTHY
 	}
 	if s.Flavor == Envoy && e.Labels[TLSModeLabel] == "istio" {
-		lb.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
-			transportSocketMatchKey: {Fields: map[string]*structpb.Value{"tlsMode": structpb.NewStringValue("istio")}},
-		}}
+		lb.Metadata = tlsModeIstio
 	}
 	return lb
 }

@@ -65,6 +65,7 @@ import (
 	"strconv"
 	"strings"
 
+	"google.golang.org/protobuf/proto"
 	networking "istio.io/api/networking/v1alpha3"
 
 	"github.com/meshd/meshd/modules/pilot/index"
@@ -119,12 +120,30 @@ type Scope struct {
 	// Gateway is true for gateway proxies: VirtualServices bound to
 	// gateways are theirs, not the mesh's.
 	Gateway bool
+	// Cache, when set, is where clusters and endpoints are looked up before
+	// they are built, and where built ones are kept for other scopes.
+	Cache *Cache
 
 	services []*model.Service
 	refs     []ClusterRef
 	byName   map[string]int
 	policies map[policyKey]*networking.TrafficPolicy
+	mtls     map[mtlsKey][]byte
+	versions map[proto.Message]string
 }
+
+func (s *Scope) setVersion(m proto.Message, v string) {
+	if s.versions == nil {
+		s.versions = map[proto.Message]string{}
+	}
+	s.versions[m] = v
+}
+
+// Version returns the version of a message this scope took from its
+// Cache, or "" for one it built without. Two equal non-empty versions mean
+// the same message, so the xds server may reuse its earlier encoding
+// (xdsapi.Resource.Version).
+func (s *Scope) Version(m proto.Message) string { return s.versions[m] }
 
 // NewScope returns p's view of ix in flavor f. p may be nil in tests and
 // benchmarks (a sidecar in "default" with no labels).

@@ -21,14 +21,16 @@ var update = flag.Bool("update", os.Getenv("UPDATE_GOLDEN") != "", "rewrite gold
 
 func buildIndex(t testing.TB, yaml string) *index.Index { return pilottest.Index(t, yaml) }
 
-func meshIndex(t testing.TB) *index.Index {
+func meshYAML(t testing.TB) string {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join("testdata", "mesh.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return buildIndex(t, string(b))
+	return string(b)
 }
+
+func meshIndex(t testing.TB) *index.Index { return buildIndex(t, meshYAML(t)) }
 
 var proxy = pilottest.Proxy
 

@@ -12,6 +12,10 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	networking "istio.io/api/networking/v1alpha3"
 
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
 	"github.com/meshd/meshd/core"
 )
 
@@ -52,19 +56,8 @@ func applyTLS(s *Scope, c *clusterv3.Cluster, r ClusterRef, tls *networking.Clie
 	if tls == nil {
 		if s.Flavor == Envoy && autoMTLS(s, r, c) {
 			c.TransportSocketMatches = []*clusterv3.Cluster_TransportSocketMatch{
-				{
-					Name:            "tlsMode-istio",
-					Match:           &structpb.Struct{Fields: map[string]*structpb.Value{"tlsMode": structpb.NewStringValue("istio")}},
-					TransportSocket: tlsSocket(istioMutual(s, r, nil)),
-				},
-				{
-					Name:  "tlsMode-disabled",
-					Match: &structpb.Struct{},
-					TransportSocket: &corev3.TransportSocket{
-						Name:       "envoy.transport_sockets.raw_buffer",
-						ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(&rawbufferv3.RawBuffer{})},
-					},
-				},
+				{Name: "tlsMode-istio", Match: tlsModeIstioMatch, TransportSocket: s.istioMutualSocket(r)},
+				plaintextMatch,
 			}
 		}
 		return
@@ -74,6 +67,10 @@ func applyTLS(s *Scope, c *clusterv3.Cluster, r ClusterRef, tls *networking.Clie
 	case networking.ClientTLSSettings_DISABLE:
 		return
 	case networking.ClientTLSSettings_ISTIO_MUTUAL:
+		if len(tls.GetSubjectAltNames()) == 0 && tls.GetSni() == "" {
+			c.TransportSocket = s.istioMutualSocket(r)
+			return
+		}
 		ctx = istioMutual(s, r, tls)
 	case networking.ClientTLSSettings_SIMPLE, networking.ClientTLSSettings_MUTUAL:
 		ctx = originate(s, r, tls)
@@ -91,6 +88,62 @@ func autoMTLS(s *Scope, r ClusterRef, c *clusterv3.Cluster) bool {
 		return false
 	}
 	return c.GetType() == clusterv3.Cluster_EDS
+}
+
+// Shared parts of auto mTLS: the match of endpoints that accept Istio
+// mTLS and the plaintext socket for the others.
+var (
+	tlsModeIstioMatch = &structpb.Struct{Fields: map[string]*structpb.Value{"tlsMode": structpb.NewStringValue("istio")}}
+	plaintextMatch    = &clusterv3.Cluster_TransportSocketMatch{
+		Name:  "tlsMode-disabled",
+		Match: &structpb.Struct{},
+		TransportSocket: &corev3.TransportSocket{
+			Name:       "envoy.transport_sockets.raw_buffer",
+			ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(&rawbufferv3.RawBuffer{})},
+		},
+	}
+)
+
+type mtlsKey struct {
+	namespace string
+	h2        bool
+}
+
+// istioMutualSocket is the mesh mTLS socket of a cluster. Every cluster of
+// a namespace's services shares the CommonTlsContext (certificates, trust
+// bundle, peer check) and differs only in SNI, so the context is encoded
+// once per scope and the SNI appended: a cluster costs an append instead of
+// a marshal.
+func (s *Scope) istioMutualSocket(r ClusterRef) *corev3.TransportSocket {
+	k := mtlsKey{r.Service.Namespace, r.Port.Protocol.IsHTTP2()}
+	common, ok := s.mtls[k]
+	if !ok {
+		ctx := istioMutual(s, r, nil)
+		b, err := marshalDeterministic(ctx.GetCommonTlsContext())
+		if err != nil {
+			return tlsSocket(ctx)
+		}
+		if s.mtls == nil {
+			s.mtls = map[mtlsKey][]byte{}
+		}
+		s.mtls[k], common = b, b
+	}
+	sni := "outbound_." + strconv.FormatUint(uint64(r.Port.Number), 10) + "_." + r.SubsetName() + "_." + r.Service.Hostname
+	v := make([]byte, 0, len(common)+len(sni)+8)
+	v = protowire.AppendTag(v, 1, protowire.BytesType) // common_tls_context
+	v = protowire.AppendBytes(v, common)
+	v = protowire.AppendTag(v, 2, protowire.BytesType) // sni
+	v = protowire.AppendString(v, sni)
+	return &corev3.TransportSocket{
+		Name:       TransportSocketTLS,
+		ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: &anypb.Any{TypeUrl: upstreamTLSType, Value: v}},
+	}
+}
+
+const upstreamTLSType = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+
+func marshalDeterministic(m proto.Message) ([]byte, error) {
+	return proto.MarshalOptions{Deterministic: true}.Marshal(m)
 }
 
 func tlsSocket(ctx *tlsv3.UpstreamTlsContext) *corev3.TransportSocket {
