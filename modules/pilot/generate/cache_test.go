@@ -101,4 +101,3 @@ func TestCache(t *testing.T) {
 		t.Fatalf("after sweeping, %d clusters cached, want the %d in use", got, len(Clusters(s3)))
 	}
 }
-
