@@ -186,6 +186,7 @@ func (e *engine) restore() error {
 	}
 	e.rev, e.restored = l.revision, l.revision
 	e.publishSnapshot()
+	e.refreshStatus()
 	return nil
 }
 
