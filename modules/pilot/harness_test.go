@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -32,10 +33,24 @@ func TestMain(m *testing.M) {
 // fakeGalley stands in for the galley module: it serves the snapshot a
 // test sets and announces it on the bus, as galley does.
 type fakeGalley struct {
-	bus  *bus.Bus
-	mu   sync.Mutex
-	snap *galleyapi.Snapshot
-	rev  uint64
+	bus   *bus.Bus
+	mu    sync.Mutex
+	snap  *galleyapi.Snapshot
+	rev   uint64
+	hosts []galleyapi.HostIndex // every SetHostIndex
+}
+
+// SetHostIndex records what pilot hands over.
+func (g *fakeGalley) SetHostIndex(h galleyapi.HostIndex) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.hosts = append(g.hosts, h)
+}
+
+func (g *fakeGalley) hostIndexes() []galleyapi.HostIndex {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return slices.Clone(g.hosts)
 }
 
 func (g *fakeGalley) MeshModule() core.ModuleInfo {

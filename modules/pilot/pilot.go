@@ -112,6 +112,7 @@ type Module struct {
 	// Owned by Run's loop.
 	snap       *galleyapi.Snapshot
 	view       *registry.View
+	hosts      *hostIndex
 	digest     uint64
 	pushedOnce bool
 
@@ -292,6 +293,7 @@ func (m *Module) rebuild(reason string) {
 	oldView := m.view
 	m.ix.Store(ix)
 	m.synced.Store(true)
+	m.handOverHosts(view)
 	m.view, m.digest, m.pushedOnce = view, digest, true
 	m.m.observeIndex(ix, view, time.Since(start))
 

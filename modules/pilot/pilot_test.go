@@ -16,6 +16,7 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/meshd/meshd/modules/pilot/model"
 	"github.com/meshd/meshd/modules/pilot/registry"
 	xdsapi "github.com/meshd/meshd/xds/api"
 	"github.com/meshd/meshd/xds/xdstest"
@@ -279,3 +280,64 @@ func TestNotReadyUntilSourcesSync(t *testing.T) {
 type sourceFunc func(context.Context, registry.Sink) error
 
 func (f sourceFunc) Run(ctx context.Context, s registry.Sink) error { return f(ctx, s) }
+
+// TestHostIndexForGalley checks what pilot tells galley's analysis: hosts
+// from discovery sources but not from galley's own ServiceEntries, and
+// workloads registered at run time, handed over again only when that
+// changes.
+func TestHostIndexForGalley(t *testing.T) {
+	var sink registry.Sink
+	e := start(t, reviewsYAML(1, defaultRoute), nil, func(e *env) {
+		_ = e.pilot.AddSource("consul", sourceFunc(func(ctx context.Context, s registry.Sink) error {
+			sink = s
+			<-ctx.Done()
+			return nil
+		}))
+	})
+	waitFor(t, 2*time.Second, "source started", func() error {
+		if sink == nil {
+			return errNotYet
+		}
+		return nil
+	})
+	svc := &model.Service{Hostname: "billing.service.consul", Namespace: "shop", Source: "consul",
+		Ports: []model.Port{{Name: "grpc", Number: 7000, Protocol: model.ProtocolGRPC}},
+		Endpoints: []*model.Endpoint{{Address: "10.1.0.1", Port: 7000, ServicePort: 7000, Labels: map[string]string{"app": "billing"}}}}
+	sink.Update(registry.State{Services: []*model.Service{svc.Finalize()}})
+	waitFor(t, 2*time.Second, "ready", e.pilot.Ready)
+	waitFor(t, 2*time.Second, "host index", func() error {
+		if len(e.galley.hostIndexes()) == 0 {
+			return errNotYet
+		}
+		return nil
+	})
+	h := e.galley.hostIndexes()[0]
+	if !h.HasHost("billing.service.consul") || h.HasHost(reviewsHost) {
+		t.Fatalf("HasHost: consul host %v, galley's own ServiceEntry host %v", h.HasHost("billing.service.consul"), h.HasHost(reviewsHost))
+	}
+	w := h.(interface {
+		HasWorkload(string, map[string]string) bool
+	})
+	if !w.HasWorkload("shop", map[string]string{"app": "billing"}) || w.HasWorkload("shop", map[string]string{"app": "vm"}) {
+		t.Fatal("HasWorkload does not answer from discovery endpoints")
+	}
+	// A routing change hands nothing over; a registration does.
+	n := len(e.galley.hostIndexes())
+	e.galley.apply(t, reviewsYAML(1, `  - timeout: 2s
+    route: [{destination: {host: reviews}}]`))
+	if code, body := e.do(t, "PUT", "/registry/workloads/shop/vm-1", `{"address": "10.2.0.1", "labels": {"app": "vm"}}`); code != 201 {
+		t.Fatalf("register: %d %s", code, body)
+	}
+	waitFor(t, 2*time.Second, "a new host index", func() error {
+		hs := e.galley.hostIndexes()
+		if len(hs) != n+1 {
+			return fmt.Errorf("%d hand-overs after the change, want %d", len(hs), n+1)
+		}
+		if !hs[n].(interface {
+			HasWorkload(string, map[string]string) bool
+		}).HasWorkload("shop", map[string]string{"app": "vm"}) {
+			return errors.New("the registered workload is missing")
+		}
+		return nil
+	})
+}
