@@ -301,7 +301,7 @@ func TestHostIndexForGalley(t *testing.T) {
 		return nil
 	})
 	svc := &model.Service{Hostname: "billing.service.consul", Namespace: "shop", Source: "consul",
-		Ports: []model.Port{{Name: "grpc", Number: 7000, Protocol: model.ProtocolGRPC}},
+		Ports:     []model.Port{{Name: "grpc", Number: 7000, Protocol: model.ProtocolGRPC}},
 		Endpoints: []*model.Endpoint{{Address: "10.1.0.1", Port: 7000, ServicePort: 7000, Labels: map[string]string{"app": "billing"}}}}
 	sink.Update(registry.State{Services: []*model.Service{svc.Finalize()}})
 	waitFor(t, 2*time.Second, "ready", e.pilot.Ready)
