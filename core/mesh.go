@@ -19,6 +19,13 @@ type MeshConfig struct {
 	// PeerAuthentication apply to every namespace. Istio's default, so Istio
 	// YAML keeps its meaning.
 	RootNamespace string `mapstructure:"rootNamespace" doc:"namespace whose DestinationRules, Sidecar and PeerAuthentication apply mesh-wide"`
+	// ExtensionProviders are the external authorizers of CUSTOM
+	// AuthorizationPolicies, and RateLimits the local rate limits (see
+	// mesh_security.go). Both are pointers so MeshConfig stays comparable
+	// (generators key caches by it); read them with Providers and
+	// LocalRateLimits.
+	ExtensionProviders *[]ExtensionProvider `mapstructure:"extensionProviders" doc:"external authorizers CUSTOM AuthorizationPolicies name (name, envoyExtAuthzGrpc or envoyExtAuthzHttp); see docs/security.md"`
+	RateLimits         *[]RateLimit         `mapstructure:"rateLimits" doc:"local rate limits on workloads' inbound traffic (name, namespace, selector, ports, match, tokenBucket, perConnection); see docs/security.md"`
 }
 
 // Mesh-wide setting values accepted by MeshConfig.

@@ -86,5 +86,5 @@ func (c *Config) Validate() error {
 	if c.Mesh.TrustDomain == "" {
 		return fmt.Errorf("mesh.trustDomain: must not be empty")
 	}
-	return nil
+	return c.Mesh.ValidateSecurity()
 }

@@ -227,6 +227,11 @@ func Fields(v any, prefix string) []Field {
 func walk(v reflect.Value, path, doc string, secret bool, out *[]Field) {
 	for v.Kind() == reflect.Pointer {
 		if v.IsNil() {
+			// A nil pointer to a list is an empty list (MeshConfig keeps
+			// its lists behind pointers to stay comparable).
+			if k := v.Type().Elem().Kind(); k == reflect.Slice || k == reflect.Map {
+				*out = append(*out, Field{Path: path, Type: typeName(v.Type().Elem()), Default: render(reflect.Zero(v.Type().Elem())), Doc: doc, Secret: secret})
+			}
 			return
 		}
 		v = v.Elem()
