@@ -63,6 +63,11 @@ func (g *generator) Generate(_ context.Context, req xdsapi.GenerateRequest) ([]x
 			for i := range out {
 				out[i].Version = "rds=" + routes[i]
 			}
+			for _, ext := range g.m.ext {
+				if e, ok := ext.(ProxylessListenerExtension); ok {
+					out = append(out, resources(s, e.ProxylessListeners(ix, p, req.Names))...)
+				}
+			}
 			return out, nil
 		case xdsapi.RouteType:
 			return resources(s, proxyless.RouteConfigs(s, req.Names)), nil

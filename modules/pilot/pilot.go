@@ -28,6 +28,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+
 	"github.com/meshd/meshd/core"
 	"github.com/meshd/meshd/core/bus"
 	galleyapi "github.com/meshd/meshd/modules/galley/api"
@@ -98,6 +100,7 @@ type Module struct {
 	config *registry.ConfigSource
 	envoy  *envoy.Generator
 	cache  *generate.Cache
+	ext    []any
 
 	scopeMu sync.Mutex
 	scopeIx *index.Index
@@ -208,6 +211,33 @@ func (m *Module) AddSource(name string, src registry.Source) error {
 		return fmt.Errorf("registry source name %q is pilot's own", name)
 	}
 	return m.agg.Add(name, src)
+}
+
+// ProxylessListenerExtension adds listeners for proxyless gRPC proxies:
+// the server-side listeners grpc-go's xDS servers ask for (gRFC A36) next
+// to the client listeners pilot builds. names is nil for a full recompute
+// (return every listener of the proxy) or the names asked for (return only
+// those). The proxy is read as generator keys allow: its type, namespace
+// and labels. Listeners must carry their routes inline, or name route
+// configurations pilot serves (host:port).
+type ProxylessListenerExtension interface {
+	ProxylessListeners(ix *index.Index, p *xdsapi.Proxy, names []string) []*listenerv3.Listener
+}
+
+// AddExtension adds an extension to what pilot generates: ext implements
+// any of the envoy package's extension interfaces (network filters, HTTP
+// filters, connection manager and listener hooks for sidecars and
+// gateways) and ProxylessListenerExtension. Security and telemetry modules
+// call it from Provision; after pilot runs it fails.
+func (m *Module) AddExtension(ext any) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.running {
+		return errors.New("pilot: extensions must be added before pilot runs (from Provision)")
+	}
+	m.ext = append(m.ext, ext)
+	m.envoy = envoy.New(envoy.Options{Extensions: slices.Clone(m.ext)})
+	return nil
 }
 
 // Run runs the registry sources and rebuilds and pushes on every change

@@ -13,9 +13,11 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/meshd/meshd/modules/pilot/index"
 	"github.com/meshd/meshd/modules/pilot/model"
 	"github.com/meshd/meshd/modules/pilot/registry"
 	xdsapi "github.com/meshd/meshd/xds/api"
@@ -340,4 +342,34 @@ func TestHostIndexForGalley(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// serverListeners is a ProxylessListenerExtension with one listener.
+type serverListeners struct{}
+
+func (serverListeners) ProxylessListeners(_ *index.Index, p *xdsapi.Proxy, names []string) []*listenerv3.Listener {
+	const name = "grpc/server?xds.resource.listening_address=0.0.0.0:9080"
+	if names != nil && !slices.Contains(names, name) {
+		return nil
+	}
+	return []*listenerv3.Listener{{Name: name}}
+}
+
+func TestAddExtension(t *testing.T) {
+	e := start(t, reviewsYAML(1, defaultRoute), nil, func(e *env) {
+		if err := e.pilot.AddExtension(serverListeners{}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	waitFor(t, 2*time.Second, "ready", e.pilot.Ready)
+	if err := e.pilot.AddExtension(serverListeners{}); err == nil {
+		t.Fatal("AddExtension after Run succeeded")
+	}
+	g := &generator{m: e.pilot, typeURL: xdsapi.ListenerType}
+	p := &xdsapi.Proxy{Type: xdsapi.Proxyless, Namespace: "shop"}
+	res, err := g.Generate(context.Background(), xdsapi.GenerateRequest{Key: g.Key(p), Proxy: p,
+		Names: []string{"grpc/server?xds.resource.listening_address=0.0.0.0:9080", reviewsHost + ":9080"}})
+	if err != nil || len(res) != 2 {
+		t.Fatalf("listeners %v, %v; want the client and the server listener", res, err)
+	}
 }
