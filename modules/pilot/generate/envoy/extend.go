@@ -53,6 +53,10 @@ type Chain struct {
 	// Passthrough marks chains that forward to the original destination
 	// or to the black hole rather than to a service.
 	Passthrough bool
+	// HTTP says the chain ends in an HTTP connection manager (rather than
+	// a TCP proxy), whatever Protocol says: a gateway's HTTPS server that
+	// terminates TLS is Protocol HTTPS and HTTP.
+	HTTP bool
 }
 
 // The extension points below are one-method interfaces. A value in
@@ -109,4 +113,13 @@ type InboundMatch struct {
 // The first extension that returns matches wins.
 type InboundTLSExtension interface {
 	InboundMatches(c Chain) []InboundMatch
+}
+
+// InboundPassthroughExtension decides how a sidecar's inbound passthrough
+// (ports no service declares) is reached, as InboundTLSExtension does for
+// declared ports; c is the passthrough chain's (Passthrough, Port 15006).
+// Without one, or when it returns no matches, the passthrough is one
+// plaintext chain. The first extension that returns matches wins.
+type InboundPassthroughExtension interface {
+	PassthroughMatches(c Chain) []InboundMatch
 }

@@ -163,6 +163,7 @@ type hcmOptions struct {
 // stats), then fault and CORS (VirtualService fault and corsPolicy
 // configure them per route), then the router, always last.
 func (g *Generator) httpFilters(c Chain, o hcmOptions) []*listenerv3.Filter {
+	c.HTTP = true
 	h := &hcmv3.HttpConnectionManager{
 		CodecType:                    hcmv3.HttpConnectionManager_AUTO,
 		StatPrefix:                   o.statPrefix,

@@ -322,16 +322,21 @@ func (g *Generator) outboundListener(v *sidecarView, e *outEntry) *listenerv3.Li
 func (g *Generator) virtualInbound(v *sidecarView) *listenerv3.Listener {
 	name := VirtualInboundListener
 	passthrough := Chain{Class: SidecarInbound, Proxy: v.p, Index: v.ix, Listener: name, Port: VirtualInboundPort, Protocol: model.ProtocolTCP, Passthrough: true}
-	chains := []*listenerv3.FilterChain{
-		{
-			Name:             VirtualInboundBlackholeChain,
-			FilterChainMatch: &listenerv3.FilterChainMatch{DestinationPort: wrapperspb.UInt32(VirtualInboundPort)},
-			Filters:          g.tcpProxyFilters(passthrough, BlackHoleCluster, []weightedCluster{{name: BlackHoleCluster}}),
-		},
-		{
-			Name:    VirtualInboundPassthroughChain,
-			Filters: g.tcpProxyFilters(passthrough, InboundPassthroughCluster, []weightedCluster{{name: InboundPassthroughCluster}}),
-		},
+	chains := []*listenerv3.FilterChain{{
+		Name:             VirtualInboundBlackholeChain,
+		FilterChainMatch: &listenerv3.FilterChainMatch{DestinationPort: wrapperspb.UInt32(VirtualInboundPort)},
+		Filters:          g.tcpProxyFilters(passthrough, BlackHoleCluster, []weightedCluster{{name: BlackHoleCluster}}),
+	}}
+	for _, m := range g.passthroughMatches(passthrough) {
+		fc := &listenerv3.FilterChain{
+			Name:            VirtualInboundPassthroughChain + m.NameSuffix,
+			Filters:         g.tcpProxyFilters(passthrough, InboundPassthroughCluster, []weightedCluster{{name: InboundPassthroughCluster}}),
+			TransportSocket: m.TransportSocket,
+		}
+		if m.TransportProtocol != "" || len(m.ApplicationProtocols) > 0 {
+			fc.FilterChainMatch = &listenerv3.FilterChainMatch{TransportProtocol: m.TransportProtocol, ApplicationProtocols: m.ApplicationProtocols}
+		}
+		chains = append(chains, fc)
 	}
 	for _, in := range inboundPorts(v.ix, v.p) {
 		chains = append(chains, g.inboundChains(v, in)...)
@@ -346,6 +351,19 @@ func (g *Generator) virtualInbound(v *sidecarView) *listenerv3.Listener {
 	}
 	l.ListenerFilters = listenerFilters(chains, origDstFilter)
 	return g.finishListener(SidecarInbound, Chain{Proxy: v.p}, l)
+}
+
+// passthroughMatches asks the extensions how the inbound passthrough is
+// reached: one plaintext chain unless one says otherwise.
+func (g *Generator) passthroughMatches(c Chain) []InboundMatch {
+	for _, e := range g.ext {
+		if x, ok := e.(InboundPassthroughExtension); ok {
+			if m := x.PassthroughMatches(c); len(m) > 0 {
+				return m
+			}
+		}
+	}
+	return []InboundMatch{{}}
 }
 
 // inboundChains builds a workload port's chains: one per way traffic may
