@@ -96,7 +96,6 @@ type Instance struct {
 	sum   []byte
 	host  *Module
 	log   *slog.Logger
-	claim sync.Once
 
 	mu       sync.Mutex
 	claimed  bool

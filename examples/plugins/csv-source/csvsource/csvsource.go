@@ -86,9 +86,8 @@ func New(cfg *Config, log *slog.Logger) *Source {
 func (s *Source) Run(ctx context.Context, sink registry.Sink) error {
 	file := s.cfg.File
 	s.sum = [32]byte{}
-	if _, err := s.load(file, sink); err != nil {
-		return err
-	}
+	// Watch before the first read, so a change made while it reads is not
+	// missed.
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
 		s.log.Warn("no change notifications; polling only", "err", err)
@@ -97,6 +96,9 @@ func (s *Source) Run(ctx context.Context, sink registry.Sink) error {
 		if err := w.Add(filepath.Dir(file)); err != nil {
 			s.log.Warn("no change notifications; polling only", "dir", filepath.Dir(file), "err", err)
 		}
+	}
+	if _, err := s.load(file, sink); err != nil {
+		return err
 	}
 	var events <-chan fsnotify.Event
 	var errs <-chan error
