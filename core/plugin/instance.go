@@ -91,11 +91,11 @@ func (c *Conn) Done() <-chan struct{} { return c.done }
 // Consumers hold it for the life of the host and ask it for the current
 // connection.
 type Instance struct {
-	cfg   PluginConfig
-	path  string
-	sum   []byte
-	host  *Module
-	log   *slog.Logger
+	cfg  PluginConfig
+	path string
+	sum  []byte
+	host *Module
+	log  *slog.Logger
 
 	mu       sync.Mutex
 	claimed  bool
