@@ -32,7 +32,9 @@ type generator struct {
 // Key covers exactly what Generate reads from a proxy: generate.Key (type,
 // namespace, Sidecar, source-label matches, locality when it matters) for
 // everything, plus the Envoy generator's key (labels, workload ports) for
-// what the envoy package builds: listeners, routes and its extra clusters.
+// what the envoy package builds: listeners, routes and its extra clusters,
+// and the telemetry module's key for the fragments it adds to listeners and
+// clusters.
 // Endpoints of an Envoy proxy depend on nothing more than a proxyless
 // client's, so EDS groups stay as large as possible.
 func (g *generator) Key(p *xdsapi.Proxy) string {
@@ -41,7 +43,11 @@ func (g *generator) Key(p *xdsapi.Proxy) string {
 	if p.Type == xdsapi.Proxyless || g.typeURL == xdsapi.EndpointType {
 		return k
 	}
-	return k + "|" + envoy.KeyPart(ix, p)
+	k += "|" + envoy.KeyPart(ix, p)
+	if g.m.tc != nil && (g.typeURL == xdsapi.ListenerType || g.typeURL == xdsapi.ClusterType) {
+		k += "|t=" + g.m.tc.Key(p)
+	}
+	return k
 }
 
 // Generate implements xdsapi.Generator.
@@ -77,7 +83,11 @@ func (g *generator) Generate(_ context.Context, req xdsapi.GenerateRequest) ([]x
 	switch g.typeURL {
 	case xdsapi.ClusterType:
 		clusters := generate.Clusters(s)
-		for _, c := range g.m.envoy.Clusters(ix, p) {
+		extra := g.m.envoy.Clusters(ix, p)
+		if g.m.tc != nil {
+			extra = append(extra, g.m.tc.Clusters(p)...)
+		}
+		for _, c := range extra {
 			if _, shared := s.ClusterRef(c.GetName()); !shared {
 				clusters = append(clusters, c)
 			}

@@ -33,6 +33,7 @@ import (
 	"github.com/meshd/meshd/core"
 	"github.com/meshd/meshd/core/bus"
 	galleyapi "github.com/meshd/meshd/modules/galley/api"
+	telemetryapi "github.com/meshd/meshd/modules/telemetry/api"
 	pilotapi "github.com/meshd/meshd/modules/pilot/api"
 	"github.com/meshd/meshd/modules/pilot/generate"
 	"github.com/meshd/meshd/modules/pilot/generate/envoy"
@@ -101,6 +102,7 @@ type Module struct {
 	envoy  *envoy.Generator
 	cache  *generate.Cache
 	ext    []any
+	tc     telemetryapi.EnvoyConfig // nil when telemetry is off
 
 	scopeMu sync.Mutex
 	scopeIx *index.Index
@@ -155,6 +157,7 @@ func (*Module) MeshModule() core.ModuleInfo {
 		ID:          ID,
 		New:         func() core.Module { return new(Module) },
 		Requires:    []core.ModuleID{"xds", "galley"},
+		Uses:        []core.ModuleID{telemetryapi.ID},
 		Config:      func() any { c := Default(); return &c },
 		Description: "service registry and traffic rules: ServiceEntry, WorkloadEntry, VirtualService, DestinationRule and Sidecar to xDS for Envoy and proxyless gRPC",
 	}
@@ -188,6 +191,15 @@ func (m *Module) Provision(ctx *core.Context) error {
 	}
 	m.envoy = envoy.New(envoy.Options{})
 	m.cache = generate.NewCache()
+	switch tc, err := core.Dep[telemetryapi.EnvoyConfig](ctx, telemetryapi.ID); {
+	case errors.Is(err, core.ErrModuleDisabled):
+	case err != nil:
+		return err
+	default:
+		m.tc = tc
+		m.ext = append(m.ext, telemetryExtension{tc})
+		m.envoy = envoy.New(envoy.Options{Extensions: slices.Clone(m.ext)})
+	}
 	m.snap = m.galley.Accepted()
 	m.config.SetConfig(m.snap)
 	m.ix.Store(index.New(m.mesh, cfg.RootNamespace, nil, m.snap))
