@@ -33,13 +33,13 @@ import (
 	"github.com/meshd/meshd/core"
 	"github.com/meshd/meshd/core/bus"
 	galleyapi "github.com/meshd/meshd/modules/galley/api"
-	telemetryapi "github.com/meshd/meshd/modules/telemetry/api"
 	pilotapi "github.com/meshd/meshd/modules/pilot/api"
 	"github.com/meshd/meshd/modules/pilot/generate"
 	"github.com/meshd/meshd/modules/pilot/generate/envoy"
 	"github.com/meshd/meshd/modules/pilot/index"
 	"github.com/meshd/meshd/modules/pilot/model"
 	"github.com/meshd/meshd/modules/pilot/registry"
+	telemetryapi "github.com/meshd/meshd/modules/telemetry/api"
 	xdsapi "github.com/meshd/meshd/xds/api"
 )
 
