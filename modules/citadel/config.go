@@ -50,9 +50,10 @@ type ServingConfig struct {
 	TTL      time.Duration `mapstructure:"ttl" doc:"lifetime of the serving certificate; it is renewed at half-life and when the signing root changes"`
 }
 
-// RateLimitConfig limits signing per caller (authenticated identity).
+// RateLimitConfig limits signing per caller: per identity and source
+// address, so replicas sharing an identity are limited apart.
 type RateLimitConfig struct {
-	PerCallerQPS float64 `mapstructure:"perCallerQPS" doc:"signing requests per second allowed per caller identity; 0 disables the limit"`
+	PerCallerQPS float64 `mapstructure:"perCallerQPS" doc:"signing requests per second allowed per caller (identity and source address); 0 disables the limit"`
 	Burst        int     `mapstructure:"burst" doc:"requests a caller may make at once before perCallerQPS applies"`
 }
 

@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"net"
 	"net/url"
 	"strings"
 	"sync"
@@ -251,6 +252,18 @@ func TestLimiter(t *testing.T) {
 	}
 	if newLimiter(0, 0).allow("x", now) != true {
 		t.Fatal("disabled limiter refused")
+	}
+	for _, tt := range []struct {
+		addr net.Addr
+		want string
+	}{
+		{&net.TCPAddr{IP: net.IPv4(10, 0, 0, 1), Port: 5555}, "id@10.0.0.1"},
+		{&net.TCPAddr{IP: net.ParseIP("fd00::1"), Port: 5555}, "id@fd00::1"},
+		{nil, "id"},
+	} {
+		if got := limitKey("id", tt.addr); got != tt.want {
+			t.Errorf("limitKey(%v) = %q, want %q", tt.addr, got, tt.want)
+		}
 	}
 }
 

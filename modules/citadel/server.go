@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -84,7 +85,7 @@ func (s *csrServer) CreateCertificate(ctx context.Context, req *pb.IstioCertific
 		s.metrics.authnFailure.Inc()
 		return nil, s.refuse(reasonAuthentication, errUnauthenticated, err, peerAddr, nil)
 	}
-	if !s.limiter.allow(caller.Identity, start) {
+	if !s.limiter.allow(limitKey(caller.Identity, in.Peer), start) {
 		return nil, s.refuse(reasonRateLimited, errRateLimited, errors.New("per-caller rate limit"), peerAddr, caller)
 	}
 	csr, err := ca.ParseCSR([]byte(req.GetCsr()))
@@ -140,6 +141,21 @@ func (s *csrServer) CreateCertificate(ctx context.Context, req *pb.IstioCertific
 			"peer", peerAddr, "authenticator", caller.Authenticator, "credential", caller.Credential)
 	}
 	return &pb.IstioCertificateResponse{CertChain: chain}, nil
+}
+
+// limitKey names a caller for the rate limit: its identity from its
+// address. The replicas of a deployment share an identity but not an
+// address, so a rolling restart is not throttled, while one workload
+// renewing in a loop (each time with its newest certificate) is.
+func limitKey(identity string, addr net.Addr) string {
+	if addr == nil {
+		return identity
+	}
+	host := addr.String()
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	return identity + "@" + host
 }
 
 // ttl picks the leaf lifetime: the request's, cut to MaxTTL, or DefaultTTL;
