@@ -67,8 +67,11 @@ type Module struct {
 
 	trust   atomic.Pointer[trustSnapshot]
 	serving atomic.Pointer[servingCert]
-	server  *csrServer
-	xds     *xdsLink
+	ext     atomic.Pointer[extSigner] // external signer, if one was set
+	// lastExtRoot is the root ID of the external signer's last chain.
+	lastExtRoot atomic.Pointer[string]
+	server      *csrServer
+	xds         *xdsLink
 
 	kick chan struct{}
 
@@ -177,13 +180,15 @@ func (m *Module) setup(d deps) error {
 	}
 	l := newLedger(m.ns)
 	m.server = &csrServer{
-		log:     m.log,
-		metrics: m.metrics,
-		trust:   &m.trust,
-		limiter: newLimiter(d.cfg.RateLimit.PerCallerQPS, d.cfg.RateLimit.Burst),
-		ledger:  l,
-		leaf:    d.cfg.Leaf,
-		now:     m.now,
+		log:       m.log,
+		metrics:   m.metrics,
+		trust:     &m.trust,
+		limiter:   newLimiter(d.cfg.RateLimit.PerCallerQPS, d.cfg.RateLimit.Burst),
+		ledger:    l,
+		leaf:      d.cfg.Leaf,
+		now:       m.now,
+		ext:       &m.ext,
+		trustRoot: m.trustExternalRoot,
 		auths: []Authenticator{
 			&certAuthenticator{trustDomain: m.td, trust: m.trust.Load, now: m.now},
 			&tokenAuthenticator{ns: m.ns, now: m.now},
@@ -247,6 +252,9 @@ func (m *Module) check() {
 			m.log.Error("pruning the certificate ledger failed", "error", err)
 		} else if n > 0 {
 			m.log.Info("pruned expired ledger records and join tokens", "count", n)
+		}
+		if err := m.pruneExternalRootsLocked(now); err != nil {
+			m.log.Error("pruning external signer roots failed", "error", err)
 		}
 	}
 }
@@ -333,7 +341,7 @@ func (m *Module) loadCA() error {
 	if err := m.sealStoredKeys(); err != nil {
 		return err
 	}
-	for _, id := range st.trusted() {
+	for _, id := range st.local() {
 		a, err := m.loadAuthority(id)
 		if err != nil {
 			return err
@@ -357,8 +365,8 @@ func (m *Module) rootCert(id string) (*x509.Certificate, error) {
 	if a, ok := m.auth[id]; ok && ca.CertID(a.Root()) == id {
 		return a.Root(), nil
 	}
-	for _, der := range m.state.PluggedRoots {
-		if c, err := x509.ParseCertificate(der); err == nil && ca.CertID(c) == id {
+	for _, c := range parseDERs(append(slices.Clone(m.state.PluggedRoots), m.state.ExternalRoots...)) {
+		if ca.CertID(c) == id {
 			return c, nil
 		}
 	}
@@ -472,16 +480,13 @@ func (m *Module) publishLocked(notify bool) {
 	signer := m.auth[st.signing()]
 	var roots []*x509.Certificate
 	if st.Mode == ModePlugged {
-		for _, der := range st.PluggedRoots {
-			if c, err := x509.ParseCertificate(der); err == nil {
-				roots = append(roots, c)
-			}
-		}
+		roots = parseDERs(st.PluggedRoots)
 	} else {
-		for _, id := range st.trusted() {
+		for _, id := range st.local() {
 			roots = append(roots, m.auth[id].Root())
 		}
 	}
+	roots = append(roots, parseDERs(st.ExternalRoots)...)
 	t := newSnapshot(signer, roots, st.BundleVersion, st.Phase, m.cfg.Rotation.StagedLeafTTL, m.getCertificate)
 	old := m.trust.Swap(t)
 	m.metrics.rootExpiry.Set(float64(signer.Root().NotAfter.Unix()))
@@ -507,6 +512,16 @@ func (m *Module) publishLocked(notify bool) {
 // certificates. Only this process holds them, and it renews them when the
 // signer changes, so they never hold back a rotation.
 const authnServing = "self: serving certificate"
+
+func parseDERs(ders [][]byte) []*x509.Certificate {
+	var out []*x509.Certificate
+	for _, der := range ders {
+		if c, err := x509.ParseCertificate(der); err == nil {
+			out = append(out, c)
+		}
+	}
+	return out
+}
 
 // renewServingLocked issues a new serving certificate from the current
 // signer with a fresh P-256 key.
@@ -614,12 +629,11 @@ func (m *Module) loadPluggedLocked(now time.Time) error {
 		} else if st.Mode == ModeSelfSigned {
 			m.log.Warn("switching from the self-signed root to a plugged-in CA; add the old root to root-cert.pem until every workload has renewed (see docs/ca.md)", "oldRoot", st.Active)
 		}
-		changed := st.Mode != ModePlugged || !slices.Equal(st.Bundles[st.BundleVersion], ids) || st.Active != signerRoot
+		wasPlugged, prevIDs, prevActive := st.Mode == ModePlugged, st.Bundles[st.BundleVersion], st.Active
 		st.Mode, st.TrustDomain, st.Phase, st.Active, st.Next, st.PluggedRoots = ModePlugged, m.td, PhaseIdle, signerRoot, "", ders
-		if changed {
-			st.BundleVersion++
+		if !wasPlugged || !slices.Equal(prevIDs, st.bundleIDs()) || prevActive != signerRoot {
 			st.Since = now.UTC()
-			st.Bundles = map[uint64][]string{st.BundleVersion: ids}
+			st.bumpBundle()
 		}
 		m.state = *st
 		return saveState(b, st)

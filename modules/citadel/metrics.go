@@ -24,6 +24,7 @@ const (
 	reasonAuthentication = "authentication"
 	reasonRateLimited    = "rate_limited"
 	reasonInternal       = "internal"
+	reasonSigner         = "signer" // the external signer failed or returned an unusable chain
 	// The CSR reasons come from ca.Reason: malformed, bad_signature,
 	// key_type, identity_mismatch, extra_san.
 )
@@ -43,7 +44,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "citadel_server_authentication_failure_count", Help: "The number of authentication failures.",
 		}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "citadel_server_csr_refused_count", Help: "CSRs refused, by reason (authentication, rate_limited, malformed, bad_signature, key_type, identity_mismatch, extra_san, internal).",
+			Name: "citadel_server_csr_refused_count", Help: "CSRs refused, by reason (authentication, rate_limited, malformed, bad_signature, key_type, identity_mismatch, extra_san, signer, internal).",
 		}, []string{"reason"}),
 		rootExpiry: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "citadel_server_root_cert_expiry_timestamp", Help: "The unix timestamp, in seconds, when the root certificate that signs will expire.",
@@ -62,7 +63,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "citadel_trust_bundle_version", Help: "Version of the trust bundle served to proxies; it increases whenever a root is added or retired.",
 		}),
 	}
-	for _, r := range []string{reasonAuthentication, reasonRateLimited, reasonInternal, "malformed", "bad_signature", "key_type", "identity_mismatch", "extra_san"} {
+	for _, r := range []string{reasonAuthentication, reasonRateLimited, reasonInternal, reasonSigner, "malformed", "bad_signature", "key_type", "identity_mismatch", "extra_san"} {
 		m.refused.WithLabelValues(r)
 	}
 	for _, c := range []prometheus.Collector{m.csr, m.success, m.parseErr, m.authnFailure, m.refused, m.rootExpiry, m.chainExpiry, m.duration, m.phase, m.bundle} {

@@ -145,32 +145,33 @@ func readStatus(b *bolt.Bucket) (*Status, []*x509.Certificate, error) {
 			NotAfter: c.NotAfter, Role: role, Signing: signing})
 	}
 	if st.Mode == ModePlugged {
-		for _, der := range st.PluggedRoots {
-			c, err := x509.ParseCertificate(der)
+		for _, c := range parseDERs(st.PluggedRoots) {
+			add(c, "plugged", ca.CertID(c) == st.Active)
+		}
+	} else {
+		for _, id := range st.local() {
+			rec, err := loadRoot(b, id)
 			if err != nil {
 				return nil, nil, err
 			}
-			add(c, "plugged", ca.CertID(c) == st.Active)
+			c, err := x509.ParseCertificate(rec.Cert)
+			if err != nil {
+				return nil, nil, fmt.Errorf("root %s: %w", id, err)
+			}
+			role := "active"
+			switch {
+			case id == st.Next:
+				role = "next"
+			case st.Phase == PhaseSwitched:
+				role = "retiring"
+			}
+			add(c, role, id == st.signing())
 		}
-		return s, certs, nil
 	}
-	for _, id := range st.trusted() {
-		rec, err := loadRoot(b, id)
-		if err != nil {
-			return nil, nil, err
-		}
-		c, err := x509.ParseCertificate(rec.Cert)
-		if err != nil {
-			return nil, nil, fmt.Errorf("root %s: %w", id, err)
-		}
-		role := "active"
-		switch {
-		case id == st.Next:
-			role = "next"
-		case st.Phase == PhaseSwitched:
-			role = "retiring"
-		}
-		add(c, role, id == st.signing())
+	// An external signer's roots sign nothing here; workloads hold leaves
+	// under them.
+	for _, c := range parseDERs(st.ExternalRoots) {
+		add(c, "external", false)
 	}
 	return s, certs, nil
 }

@@ -2,6 +2,7 @@ package citadel
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"log/slog"
 	"math/rand/v2"
@@ -27,6 +28,7 @@ var (
 	errRateLimited     = status.Error(codes.ResourceExhausted, "too many certificate requests; retry later")
 	errRefused         = status.Error(codes.InvalidArgument, "certificate request refused")
 	errInternal        = status.Error(codes.Internal, "certificate signing failed")
+	errUnavailable     = status.Error(codes.Unavailable, "certificate signing unavailable; retry later")
 )
 
 // csrServer implements istio.v1.auth.IstioCertificateService.
@@ -41,6 +43,10 @@ type csrServer struct {
 	ledger  *ledger
 	leaf    LeafConfig
 	now     func() time.Time
+	// ext is the external signer, if one is set; trustRoot makes sure the
+	// root of its chain is in the bundle.
+	ext       *atomic.Pointer[extSigner]
+	trustRoot func(*x509.Certificate) error
 }
 
 // register adds the service to a gRPC server.
@@ -101,25 +107,46 @@ func (s *csrServer) CreateCertificate(ctx context.Context, req *pb.IstioCertific
 	}
 	t := s.trust.Load()
 	ttl := s.ttl(req.GetValidityDuration(), t)
-	leaf, err := t.signer.Issue(&ca.LeafRequest{
-		PublicKey: csr.PublicKey,
-		RawSPKI:   csr.RawSPKI,
-		URIs:      []string{caller.Identity},
-		NotBefore: start.Add(-time.Minute), // tolerate callers whose clock is a little behind
-		NotAfter:  start.Add(ttl),
-	})
-	if err != nil {
-		return nil, s.refuse(reasonInternal, errInternal, err, peerAddr, caller)
+	var (
+		leafDER  []byte
+		serial   string
+		notAfter time.Time
+		rootID   string
+		tail     []string
+	)
+	if ext := s.ext.Load(); ext != nil {
+		el, err := signExternal(ctx, ext, csr, caller.Identity, ttl, start)
+		if err != nil {
+			return nil, s.refuse(reasonSigner, errUnavailable, err, peerAddr, caller)
+		}
+		if err := s.trustRoot(el.root); err != nil {
+			return nil, s.refuse(reasonInternal, errInternal, err, peerAddr, caller)
+		}
+		t = s.trust.Load()
+		leafDER, serial, notAfter, rootID = el.der, el.serial, el.notAfter, ca.CertID(el.root)
+		tail = append(el.intermediates, string(t.bundlePEM))
+	} else {
+		leaf, err := t.signer.Issue(&ca.LeafRequest{
+			PublicKey: csr.PublicKey,
+			RawSPKI:   csr.RawSPKI,
+			URIs:      []string{caller.Identity},
+			NotBefore: start.Add(-time.Minute), // tolerate callers whose clock is a little behind
+			NotAfter:  start.Add(ttl),
+		})
+		if err != nil {
+			return nil, s.refuse(reasonInternal, errInternal, err, peerAddr, caller)
+		}
+		leafDER, serial, notAfter, rootID, tail = leaf.DER, leaf.Serial, leaf.NotAfter, t.signerRoot, t.tail
 	}
 	crashPoint("sign")
 	err = s.ledger.record(caller.Spend, certRecord{
-		Serial:        leaf.Serial,
+		Serial:        serial,
 		Identity:      caller.Identity,
 		Issued:        start.UTC(),
-		NotAfter:      leaf.NotAfter,
+		NotAfter:      notAfter,
 		Caller:        peerAddr,
 		Authenticator: caller.Authenticator + ": " + caller.Credential,
-		Root:          t.signerRoot,
+		Root:          rootID,
 		Renews:        caller.Renews,
 	})
 	var spendErr *spendError
@@ -131,13 +158,13 @@ func (s *csrServer) CreateCertificate(ctx context.Context, req *pb.IstioCertific
 		// Not on record, so not handed out.
 		return nil, s.refuse(reasonInternal, errInternal, err, peerAddr, caller)
 	}
-	chain := make([]string, 0, 1+len(t.tail))
-	chain = append(chain, string(ca.EncodeCertPEM(leaf.DER)))
-	chain = append(chain, t.tail...)
+	chain := make([]string, 0, 1+len(tail))
+	chain = append(chain, string(ca.EncodeCertPEM(leafDER)))
+	chain = append(chain, tail...)
 	s.metrics.success.Inc()
 	s.metrics.duration.Observe(s.now().Sub(start).Seconds())
 	if s.log.Enabled(ctx, slog.LevelDebug) {
-		s.log.Debug("certificate issued", "identity", caller.Identity, "serial", leaf.Serial, "notAfter", leaf.NotAfter,
+		s.log.Debug("certificate issued", "identity", caller.Identity, "serial", serial, "notAfter", notAfter,
 			"peer", peerAddr, "authenticator", caller.Authenticator, "credential", caller.Credential)
 	}
 	return &pb.IstioCertificateResponse{CertChain: chain}, nil

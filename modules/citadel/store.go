@@ -6,7 +6,8 @@ package citadel
 //	  .schema          -> uint64: this tree's schema version (migrations below)
 //	  state            -> JSON caState: mode (self-signed or plugged), trust domain,
 //	                      rotation phase, active and next root IDs, bundle version and
-//	                      the roots of recent bundle versions, wait deadlines
+//	                      the roots of recent bundle versions, wait deadlines, the
+//	                      plugged-in and external signers' roots (DER)
 //	  roots/           self-signed roots; empty with a plugged-in CA
 //	    <root-id>      -> JSON rootRecord: certificate DER, key (PKCS#8 DER, or an
 //	                      AES-GCM sealed blob when keyEncryptionKeyFile is set), created
@@ -27,12 +28,14 @@ package citadel
 // pruned once they are Config.Retention past expiry.
 
 import (
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
 	"github.com/meshd/meshd/core/store"
+	"github.com/meshd/meshd/modules/citadel/ca"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -109,6 +112,9 @@ type caState struct {
 	// PluggedRoots are the roots of a plugged-in CA's root-cert.pem (DER),
 	// so `meshd ca status` can show them without the files.
 	PluggedRoots [][]byte `json:"pluggedRoots,omitempty"`
+	// ExternalRoots are the roots (DER) of the chains an external signer
+	// returned, trusted while leaves under them live (external.go).
+	ExternalRoots [][]byte `json:"externalRoots,omitempty"`
 }
 
 // signing returns the ID of the root that signs in this state.
@@ -119,12 +125,35 @@ func (s *caState) signing() string {
 	return s.Active
 }
 
-// trusted returns the IDs of the roots in the bundle.
-func (s *caState) trusted() []string {
+// local returns the IDs of the self-signed roots in the bundle, whose keys
+// are in roots/.
+func (s *caState) local() []string {
 	if s.Phase == PhaseIdle || s.Next == "" {
 		return []string{s.Active}
 	}
 	return []string{s.Active, s.Next}
+}
+
+// bundleIDs returns the IDs of every root in the bundle: the self-signed
+// ones or the plugged-in ones, then those of an external signer.
+func (s *caState) bundleIDs() []string {
+	var ids []string
+	if s.Mode == ModePlugged {
+		ids = derIDs(s.PluggedRoots)
+	} else {
+		ids = s.local()
+	}
+	return append(ids, derIDs(s.ExternalRoots)...)
+}
+
+func derIDs(ders [][]byte) []string {
+	var ids []string
+	for _, der := range ders {
+		if c, err := x509.ParseCertificate(der); err == nil {
+			ids = append(ids, ca.CertID(c))
+		}
+	}
+	return ids
 }
 
 // bumpBundle records a new bundle version for the current trusted roots,
@@ -134,7 +163,7 @@ func (s *caState) bumpBundle() {
 	if s.Bundles == nil {
 		s.Bundles = map[uint64][]string{}
 	}
-	s.Bundles[s.BundleVersion] = s.trusted()
+	s.Bundles[s.BundleVersion] = s.bundleIDs()
 	for v := range s.Bundles {
 		if v+8 <= s.BundleVersion {
 			delete(s.Bundles, v)
