@@ -40,6 +40,13 @@ type generator struct {
 func (g *generator) Key(p *xdsapi.Proxy) string {
 	ix := g.m.ix.Load()
 	k := generate.Key(ix, p)
+	for _, ext := range g.m.ext {
+		if x, ok := ext.(KeyExtension); ok {
+			if part := x.KeyPart(ix, p, g.typeURL); part != "" {
+				k += "|" + part
+			}
+		}
+	}
 	if p.Type == xdsapi.Proxyless || g.typeURL == xdsapi.EndpointType {
 		return k
 	}

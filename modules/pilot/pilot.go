@@ -36,6 +36,7 @@ import (
 	pilotapi "github.com/meshd/meshd/modules/pilot/api"
 	"github.com/meshd/meshd/modules/pilot/generate"
 	"github.com/meshd/meshd/modules/pilot/generate/envoy"
+	"github.com/meshd/meshd/modules/pilot/generate/proxyless"
 	"github.com/meshd/meshd/modules/pilot/index"
 	"github.com/meshd/meshd/modules/pilot/model"
 	"github.com/meshd/meshd/modules/pilot/registry"
@@ -189,8 +190,12 @@ func (m *Module) Provision(ctx *core.Context) error {
 	if err := m.agg.Add(registry.SourceConfig, m.config); err != nil {
 		return err
 	}
-	m.envoy = envoy.New(envoy.Options{})
 	m.cache = generate.NewCache()
+	// Security is always on: whatever PeerAuthentication,
+	// AuthorizationPolicy, RequestAuthentication and mesh.rateLimits say is
+	// enforced by every Envoy and proxyless server (package security).
+	m.ext = append(m.ext, envoy.Security{}, proxyless.Servers{})
+	m.envoy = envoy.New(envoy.Options{Extensions: slices.Clone(m.ext)})
 	switch tc, err := core.Dep[telemetryapi.EnvoyConfig](ctx, telemetryapi.ID); {
 	case errors.Is(err, core.ErrModuleDisabled):
 	case err != nil:
@@ -352,6 +357,7 @@ func (m *Module) rebuild(reason string) {
 			req = xdsapi.FullPush("endpoints")
 		} else {
 			req, edsNames = xdsapi.EndpointPush("endpoints", names...), names
+			securityUpdates(&req, oldView, view, change.Endpoints, names)
 		}
 	default:
 		m.finishBuild(ix, start, "", reason, nil)
