@@ -11,6 +11,7 @@ import (
 	"github.com/meshd/meshd/core"
 	galleyapi "github.com/meshd/meshd/modules/galley/api"
 	"github.com/meshd/meshd/modules/pilot/model"
+	"github.com/meshd/meshd/modules/pilot/security/authn"
 )
 
 // Cache remembers built clusters and ClusterLoadAssignments across scopes,
@@ -54,6 +55,9 @@ type clusterKey struct {
 	svc    svcKey
 	port   model.Port
 	rule   *galleyapi.Object
+	// mtls is what auto mTLS decided (authn), which depends on
+	// PeerAuthentications and, for proxyless clients, on the endpoints.
+	mtls string
 }
 
 type claKey struct {
@@ -62,6 +66,9 @@ type claKey struct {
 	svc      svcKey
 	rule     *galleyapi.Object
 	locality model.Locality
+	// peerAuth is the PeerAuthentication digest: Envoy endpoints carry
+	// the tlsMode metadata only where mTLS is not disabled.
+	peerAuth uint64
 }
 
 // NewCache returns an empty cache.
@@ -105,6 +112,24 @@ func ruleObject(r ClusterRef) *galleyapi.Object {
 	return r.Rule.Object
 }
 
+// autoMTLSKey is the part of auto mTLS's decision a cluster's cache key
+// needs (empty when a DestinationRule sets TLS, which the rule key covers).
+func autoMTLSKey(s *Scope, r ClusterRef) string {
+	if s.Policy(r).GetTls() != nil {
+		return ""
+	}
+	if s.Flavor == Proxyless {
+		if !s.MTLSCapable {
+			return ""
+		}
+		return autoUpstream(s, r).Key()
+	}
+	if authn.For(s.Index).ServiceDisabled(r.Service) {
+		return "disabled"
+	}
+	return ""
+}
+
 // cluster returns the cached cluster for r, building it if needed.
 func (c *Cache) cluster(s *Scope, r ClusterRef) (*clusterv3.Cluster, string) {
 	digest := r.Service.DefinitionHash()
@@ -114,7 +139,7 @@ func (c *Cache) cluster(s *Scope, r ClusterRef) (*clusterv3.Cluster, string) {
 	k := clusterKey{
 		flavor: s.Flavor, mesh: s.Index.Mesh, name: r.Name,
 		svc:  svcKey{r.Service.Hostname, r.Service.Namespace, digest},
-		port: r.Port, rule: ruleObject(r),
+		port: r.Port, rule: ruleObject(r), mtls: autoMTLSKey(s, r),
 	}
 	c.mu.Lock()
 	e := c.clusters[k]
@@ -148,6 +173,9 @@ func (c *Cache) loadAssignment(s *Scope, r ClusterRef) (*endpointv3.ClusterLoadA
 		flavor: s.Flavor, name: r.Name,
 		svc:  svcKey{r.Service.Hostname, r.Service.Namespace, r.Service.EndpointHash()},
 		rule: ruleObject(r),
+	}
+	if s.Flavor == Envoy {
+		k.peerAuth = authn.For(s.Index).Digest()
 	}
 	if tp := s.Policy(r); tp.GetOutlierDetection() != nil || tp.GetLoadBalancer().GetLocalityLbSetting() != nil {
 		k.locality = s.Locality

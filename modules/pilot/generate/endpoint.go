@@ -14,6 +14,7 @@ import (
 
 	"github.com/meshd/meshd/modules/pilot/index"
 	"github.com/meshd/meshd/modules/pilot/model"
+	"github.com/meshd/meshd/modules/pilot/security/authn"
 )
 
 // TLSModeLabel is the workload label Istio uses to say a workload accepts
@@ -110,7 +111,7 @@ func localityGroups(s *Scope, r ClusterRef, eps []*model.Endpoint, tp *networkin
 			g = &localityGroup{loc: e.Locality, key: e.Locality.String()}
 			groups = append(groups, g)
 		}
-		g.lbs = append(g.lbs, lbEndpoint(s, e))
+		g.lbs = append(g.lbs, lbEndpoint(s, r, e))
 		g.weight += uint64(e.LBWeight())
 	}
 	slices.SortFunc(groups, func(a, b *localityGroup) int { return strings.Compare(a.key, b.key) })
@@ -159,7 +160,7 @@ func duplicate(before []*model.Endpoint, e *model.Endpoint) bool {
 	return false
 }
 
-func lbEndpoint(s *Scope, e *model.Endpoint) *endpointv3.LbEndpoint {
+func lbEndpoint(s *Scope, r ClusterRef, e *model.Endpoint) *endpointv3.LbEndpoint {
 	w := weightOne
 	if e.LBWeight() != 1 {
 		w = wrapperspb.UInt32(e.LBWeight())
@@ -178,7 +179,9 @@ func lbEndpoint(s *Scope, e *model.Endpoint) *endpointv3.LbEndpoint {
 	default:
 		lb.HealthStatus = corev3.HealthStatus_HEALTHY
 	}
-	if s.Flavor == Envoy && e.Labels[TLSModeLabel] == "istio" {
+	// Auto mTLS sends mTLS to endpoints in the mesh whose
+	// PeerAuthentication does not disable it on their port.
+	if s.Flavor == Envoy && e.Labels[TLSModeLabel] == "istio" && authn.For(s.Index).EndpointAccepts(r.Service, e) {
 		lb.Metadata = tlsModeIstio
 	}
 	return lb

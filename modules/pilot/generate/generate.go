@@ -123,6 +123,13 @@ type Scope struct {
 	// Cache, when set, is where clusters and endpoints are looked up before
 	// they are built, and where built ones are kept for other scopes.
 	Cache *Cache
+	// MTLSCapable says the proxy can originate auto mTLS. Envoy always can
+	// (the node agent serves its certificates). A proxyless client can when
+	// it has a workload identity (NAMESPACE and SERVICE_ACCOUNT), which
+	// means it runs with the agent's bootstrap and the certificate provider
+	// instance auto mTLS names; grpc-go rejects clusters naming a provider
+	// its bootstrap lacks, so clients without an identity get plaintext.
+	MTLSCapable bool
 
 	services []*model.Service
 	refs     []ClusterRef
@@ -148,8 +155,9 @@ func (s *Scope) Version(m proto.Message) string { return s.versions[m] }
 // NewScope returns p's view of ix in flavor f. p may be nil in tests and
 // benchmarks (a sidecar in "default" with no labels).
 func NewScope(ix *index.Index, p *xdsapi.Proxy, f Flavor) *Scope {
-	s := &Scope{Index: ix, Flavor: f, Namespace: "default"}
+	s := &Scope{Index: ix, Flavor: f, Namespace: "default", MTLSCapable: f == Envoy}
 	if p != nil {
+		s.MTLSCapable = f == Envoy || p.Identity != ""
 		if p.Namespace != "" {
 			s.Namespace = p.Namespace
 		}
@@ -181,6 +189,9 @@ func Key(ix *index.Index, p *xdsapi.Proxy) string {
 		ns = "default"
 	}
 	b.WriteString(ns)
+	if p.Type == xdsapi.Proxyless && p.Identity != "" {
+		b.WriteString("|mtls") // Scope.MTLSCapable
+	}
 	if p.Type != xdsapi.Gateway {
 		if sc := ix.SidecarFor(ns, p.Labels); sc != nil {
 			b.WriteString("|sc=")

@@ -16,7 +16,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
-	"github.com/meshd/meshd/core"
+	"github.com/meshd/meshd/modules/pilot/index"
+	"github.com/meshd/meshd/modules/pilot/security/authn"
 )
 
 // Secret and certificate provider names. Envoy asks for its certificates
@@ -51,13 +52,18 @@ const (
 )
 
 // applyTLS sets the cluster's upstream TLS from a DestinationRule's tls
-// settings, or Istio's auto mTLS for Envoy when the rule says nothing.
+// settings, or auto mTLS when the rule says nothing (see autoMTLS).
 func applyTLS(s *Scope, c *clusterv3.Cluster, r ClusterRef, tls *networking.ClientTLSSettings) {
 	if tls == nil {
-		if s.Flavor == Envoy && autoMTLS(s, r, c) {
+		switch {
+		case s.Flavor == Envoy && autoMTLS(s, r, c):
 			c.TransportSocketMatches = []*clusterv3.Cluster_TransportSocketMatch{
 				{Name: "tlsMode-istio", Match: tlsModeIstioMatch, TransportSocket: s.istioMutualSocket(r)},
 				plaintextMatch,
+			}
+		case s.Flavor == Proxyless && s.MTLSCapable:
+			if up := autoUpstream(s, r); up.MTLS {
+				c.TransportSocket = tlsSocket(proxylessAutoMTLS(r, up))
 			}
 		}
 		return
@@ -81,13 +87,37 @@ func applyTLS(s *Scope, c *clusterv3.Cluster, r ClusterRef, tls *networking.Clie
 }
 
 // autoMTLS reports whether Envoy should send mTLS to the endpoints that
-// accept it: in-mesh services with endpoints the mesh knows, unless mTLS is
-// off mesh-wide.
+// accept it: in-mesh services with endpoints the mesh knows, unless their
+// PeerAuthentication disables mTLS for the whole service. Which endpoints
+// accept it is their EDS metadata's business (lbEndpoint).
 func autoMTLS(s *Scope, r ClusterRef, c *clusterv3.Cluster) bool {
-	if r.Service.MeshExternal || s.Index.Mesh.DefaultMTLSMode == core.MTLSDisable {
+	if r.Service.MeshExternal || c.GetType() != clusterv3.Cluster_EDS {
 		return false
 	}
-	return c.GetType() == clusterv3.Cluster_EDS
+	return !authn.For(s.Index).ServiceDisabled(r.Service)
+}
+
+// autoUpstream is auto mTLS for proxyless clients, which cannot choose per
+// endpoint: mTLS when every endpoint of the cluster accepts it, verified
+// against the endpoints' identities (authn.AutoUpstream).
+func autoUpstream(s *Scope, r ClusterRef) authn.Upstream {
+	return authn.For(s.Index).AutoUpstream(r.Service, index.SubsetEndpoints(r.Service, r.Port.Number, r.Subset), r.EDS())
+}
+
+// proxylessAutoMTLS is the UpstreamTlsContext of auto mTLS for grpc-go:
+// the bootstrap's certificate provider for identity and roots, the
+// destination's SPIFFE IDs (or its namespace's prefix while it has no
+// endpoints) in match_subject_alt_names.
+func proxylessAutoMTLS(r ClusterRef, up authn.Upstream) *tlsv3.UpstreamTlsContext {
+	var sans []*matcherv3.StringMatcher
+	for _, id := range up.SANs {
+		sans = append(sans, &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: id}})
+	}
+	if up.Prefix != "" {
+		sans = append(sans, &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: up.Prefix}})
+	}
+	sni := "outbound_." + strconv.FormatUint(uint64(r.Port.Number), 10) + "_." + r.SubsetName() + "_." + r.Service.Hostname
+	return &tlsv3.UpstreamTlsContext{CommonTlsContext: providerContext(true, sans), Sni: sni}
 }
 
 // Shared parts of auto mTLS: the match of endpoints that accept Istio
