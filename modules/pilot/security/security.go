@@ -24,7 +24,7 @@ package security
 import (
 	"slices"
 	"strings"
-	"sync"
+	"sync/atomic"
 
 	security "istio.io/api/security/v1beta1"
 
@@ -68,25 +68,27 @@ type Config struct {
 	jwt   map[string][]JWTPolicy // by namespace
 }
 
-// cache holds the Config of the index built last.
-var cache struct {
-	mu   sync.Mutex
+// cached is the Config of the index built last: every generator of a
+// push reads the same index, so one entry is enough. Readers load it
+// without locking; a miss builds a new one.
+type cached struct {
 	snap *galleyapi.Snapshot
 	mesh core.MeshConfig
 	root string
-	cfg  *Config
+	val  *Config
 }
 
-// For returns the security config of ix, computed once per snapshot.
+var last atomic.Pointer[cached]
+
+// For returns the Config of ix's accepted config, computed once per
+// snapshot.
 func For(ix *index.Index) *Config {
-	cache.mu.Lock()
-	defer cache.mu.Unlock()
-	if cache.cfg != nil && cache.snap == ix.Config && cache.mesh == ix.Mesh && cache.root == ix.RootNamespace {
-		return cache.cfg
+	if c := last.Load(); c != nil && c.snap == ix.Config && c.mesh == ix.Mesh && c.root == ix.RootNamespace {
+		return c.val
 	}
-	cache.snap, cache.mesh, cache.root = ix.Config, ix.Mesh, ix.RootNamespace
-	cache.cfg = New(ix.Mesh, ix.RootNamespace, ix.Config)
-	return cache.cfg
+	c := &cached{snap: ix.Config, mesh: ix.Mesh, root: ix.RootNamespace, val: New(ix.Mesh, ix.RootNamespace, ix.Config)}
+	last.Store(c)
+	return c.val
 }
 
 // New indexes snap's security config.

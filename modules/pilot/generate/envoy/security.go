@@ -88,3 +88,12 @@ func (Security) NetworkFilters(c Chain) []*listenerv3.Filter {
 	}
 	return security.For(c.Index).EnvoyNetworkFilters(SecurityWorkload(c.Proxy), c.Port, c.Listener+"_"+portString(c.Port))
 }
+
+// KeyPart implements pilot's KeyExtension: SecurityKeyPart for a sidecar's
+// or gateway's listeners, the only resources Security changes.
+func (Security) KeyPart(ix *index.Index, p *api.Proxy, typeURL string) string {
+	if typeURL != api.ListenerType {
+		return ""
+	}
+	return SecurityKeyPart(ix, p)
+}

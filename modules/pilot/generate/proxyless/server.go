@@ -149,3 +149,21 @@ func ServerKeyPart(ix *index.Index, p *xdsapi.Proxy) string {
 	b.WriteString(security.For(ix).KeyPart(workloadOf(p)))
 	return b.String()
 }
+
+// Servers is pilot's extension that serves ServerListeners to proxyless
+// clients next to their client listeners.
+type Servers struct{}
+
+// ProxylessListeners implements pilot's ProxylessListenerExtension.
+func (Servers) ProxylessListeners(ix *index.Index, p *xdsapi.Proxy, names []string) []*listenerv3.Listener {
+	return ServerListeners(ix, p, names)
+}
+
+// KeyPart implements pilot's KeyExtension: ServerKeyPart for a proxyless
+// client's listeners.
+func (Servers) KeyPart(ix *index.Index, p *xdsapi.Proxy, typeURL string) string {
+	if p.Type != xdsapi.Proxyless || typeURL != xdsapi.ListenerType {
+		return ""
+	}
+	return ServerKeyPart(ix, p)
+}

@@ -30,7 +30,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
+	"sync/atomic"
 
 	security "istio.io/api/security/v1beta1"
 
@@ -173,27 +173,27 @@ func objectHash(o *galleyapi.Object) uint64 {
 	return h.Sum64()
 }
 
-// cache holds the Policies of the index built last: every generator of a
-// push reads the same index, so one entry is enough.
-var cache struct {
-	mu   sync.Mutex
+// cached is the Policies of the index built last: every generator of a
+// push reads the same index, so one entry is enough. Readers load it
+// without locking; a miss builds a new one.
+type cached struct {
 	snap *galleyapi.Snapshot
 	mesh core.MeshConfig
 	root string
-	pol  *Policies
+	val  *Policies
 }
+
+var last atomic.Pointer[cached]
 
 // For returns the Policies of ix's accepted config, computed once per
 // snapshot.
 func For(ix *index.Index) *Policies {
-	cache.mu.Lock()
-	defer cache.mu.Unlock()
-	if cache.pol != nil && cache.snap == ix.Config && cache.mesh == ix.Mesh && cache.root == ix.RootNamespace {
-		return cache.pol
+	if c := last.Load(); c != nil && c.snap == ix.Config && c.mesh == ix.Mesh && c.root == ix.RootNamespace {
+		return c.val
 	}
-	cache.snap, cache.mesh, cache.root = ix.Config, ix.Mesh, ix.RootNamespace
-	cache.pol = New(ix.Mesh, ix.RootNamespace, ix.Config)
-	return cache.pol
+	c := &cached{snap: ix.Config, mesh: ix.Mesh, root: ix.RootNamespace, val: New(ix.Mesh, ix.RootNamespace, ix.Config)}
+	last.Store(c)
+	return c.val
 }
 
 // Digest changes whenever any PeerAuthentication or the default mode
@@ -423,4 +423,55 @@ func MeshAddresses(ix *index.Index) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// IdentitiesChanged reports whether an endpoint change of a service
+// changes what auto mTLS decides for its clusters: which endpoints are in
+// the mesh, their identities (namespace, service account), their labels
+// (which PeerAuthentications select them), or whether it has endpoints at
+// all. Clusters then need regenerating, not only their endpoints.
+func IdentitiesChanged(old, cur *model.Service) bool {
+	if (len(old.Endpoints) == 0) != (len(cur.Endpoints) == 0) {
+		return true
+	}
+	set := func(s *model.Service) map[string]bool {
+		m := make(map[string]bool, 1)
+		for _, e := range s.Endpoints {
+			k := EndpointNamespace(s, e) + "/" + e.ServiceAccount + "/" + strconv.FormatBool(InMesh(e.Labels)) + "/" + strconv.FormatUint(uint64(e.Port), 10)
+			keys := make([]string, 0, len(e.Labels))
+			for lk, lv := range e.Labels {
+				keys = append(keys, lk+"="+lv)
+			}
+			slices.Sort(keys)
+			m[k+"/"+strings.Join(keys, ",")] = true
+		}
+		return m
+	}
+	a, b := set(old), set(cur)
+	if len(a) != len(b) {
+		return true
+	}
+	for k := range a {
+		if !b[k] {
+			return true
+		}
+	}
+	return false
+}
+
+// MeshAddressesChanged reports whether an endpoint change of a service
+// changes the addresses of its in-mesh endpoints, which proxyless
+// servers in PERMISSIVE mode match clients by (see MeshAddresses).
+func MeshAddressesChanged(old, cur *model.Service) bool {
+	addrs := func(s *model.Service) []string {
+		var out []string
+		for _, e := range s.Endpoints {
+			if InMesh(e.Labels) {
+				out = append(out, e.Address)
+			}
+		}
+		slices.Sort(out)
+		return slices.Compact(out)
+	}
+	return !slices.Equal(addrs(old), addrs(cur))
 }
