@@ -21,8 +21,10 @@ func Dispense(t testing.TB, kind string, p goplugin.Plugin) any {
 	t.Helper()
 	client, server := goplugin.TestPluginGRPCConn(t, false, map[string]goplugin.Plugin{kind: p})
 	t.Cleanup(func() {
-		_ = client.Close()
+		// Server first: client.Close asks the server to stop itself, and
+		// go-plugin's Stop is not safe to run twice at once.
 		server.Stop()
+		_ = client.Close()
 	})
 	raw, err := client.Dispense(kind)
 	if err != nil {
