@@ -160,6 +160,7 @@ func BuildServices(snap *galleyapi.Snapshot, registered []Workload) []*model.Ser
 	}
 
 	var out []*model.Service
+	byLabel := map[string]map[string][]int{} // namespace -> "key=value" -> positions in byNS
 	for o := range snap.All(galleyapi.KindServiceEntry) {
 		se, ok := o.Spec.(*networking.ServiceEntry)
 		if !ok {
@@ -167,8 +168,8 @@ func BuildServices(snap *galleyapi.Snapshot, registered []Workload) []*model.Ser
 		}
 		var insts []instance
 		if sel := se.GetWorkloadSelector().GetLabels(); se.GetWorkloadSelector() != nil {
-			for _, in := range byNS[o.Namespace] {
-				if model.LabelsMatch(sel, in.labels) {
+			for _, i := range candidates(byLabel, byNS, o.Namespace, sel) {
+				if in := byNS[o.Namespace][i]; model.LabelsMatch(sel, in.labels) {
 					insts = append(insts, in)
 				}
 			}
@@ -182,6 +183,40 @@ func BuildServices(snap *galleyapi.Snapshot, registered []Workload) []*model.Ser
 		}
 	}
 	return out
+}
+
+// candidates returns the positions of the instances in ns that may match
+// sel: those carrying its rarest label, found in a per-namespace label
+// index built on first use, rather than every instance of the namespace,
+// which kept BuildServices quadratic in big namespaces.
+func candidates(byLabel map[string]map[string][]int, byNS map[string][]instance, ns string, sel map[string]string) []int {
+	insts := byNS[ns]
+	if len(sel) == 0 {
+		all := make([]int, len(insts))
+		for i := range all {
+			all[i] = i
+		}
+		return all
+	}
+	idx := byLabel[ns]
+	if idx == nil {
+		idx = map[string][]int{}
+		for i, in := range insts {
+			for k, v := range in.labels {
+				idx[k+"="+v] = append(idx[k+"="+v], i)
+			}
+		}
+		byLabel[ns] = idx
+	}
+	var best []int
+	first := true
+	for k, v := range sel {
+		l := idx[k+"="+v]
+		if first || len(l) < len(best) {
+			best, first = l, false
+		}
+	}
+	return best
 }
 
 func fromWorkloadEntry(name, ns string, we *networking.WorkloadEntry) instance {
