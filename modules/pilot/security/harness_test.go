@@ -230,4 +230,3 @@ func (m *mesh) issue(t *testing.T, ns, sa string) string {
 	}
 	return dir
 }
-
