@@ -90,7 +90,8 @@ func startConsul(t testing.TB, bin string, opts ConsulOptions) (*ConsulAgent, er
 		}
 		return string(b), nil
 	}
-	deadline := time.Now().Add(30 * time.Second)
+	start := time.Now()
+	deadline := start.Add(30 * time.Second)
 	for {
 		leader, err := get("/v1/status/leader")
 		if err == nil && strings.Trim(leader, "\" \n") == "" {
@@ -104,6 +105,7 @@ func startConsul(t testing.TB, bin string, opts ConsulOptions) (*ConsulAgent, er
 			}
 		}
 		if err == nil {
+			t.Logf("consul %s ready on %s in %s", ConsulVersion, a.HTTPAddr, time.Since(start).Round(time.Millisecond))
 			return a, nil
 		}
 		if p.Exited() {

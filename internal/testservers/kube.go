@@ -53,6 +53,7 @@ func StartKube(t testing.TB) *KubeAPI {
 	t.Helper()
 	etcdBin := Etcd.Require(t)
 	apiBin := KubeAPIServer.Require(t)
+	start := time.Now()
 	dir := t.TempDir()
 	port := FreePort(t)
 	k := &KubeAPI{Dir: dir, URL: "https://" + hostPort(port)}
@@ -114,6 +115,7 @@ func StartKube(t testing.TB) *KubeAPI {
 		}
 		return nil
 	})
+	t.Logf("etcd %s and kube-apiserver %s ready on %s in %s", EtcdVersion, KubeVersion, k.URL, time.Since(start).Round(time.Millisecond))
 	return k
 }
 

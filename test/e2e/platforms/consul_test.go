@@ -1,6 +1,8 @@
 package platforms
 
 import (
+	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -23,6 +25,8 @@ func countingProxy(t *testing.T, addr string) (string, *atomic.Int64) {
 	var n atomic.Int64
 	target, _ := url.Parse("http://" + addr)
 	rp := httputil.NewSingleHostReverseProxy(target)
+	// Parked blocking queries are cancelled at shutdown; not worth a log.
+	rp.ErrorLog = log.New(io.Discard, "", 0)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n.Add(1)
 		rp.ServeHTTP(w, r)
@@ -122,6 +126,11 @@ func TestConsul(t *testing.T) {
 		time.Sleep(5 * time.Second)
 		reqs, cpu, wall := requests.Load()-req0, processCPU(t)-cpu0, time.Since(wall0)
 		t.Logf("quiet window %s: %d requests to Consul, %s CPU (%.2f%% of a core)", wall.Round(time.Millisecond), reqs, cpu, 100*cpu.Seconds()/wall.Seconds())
+		if total := processCPU(t); total == 0 {
+			t.Fatal("process CPU reads 0 since start; /proc/self/stat was not parsed")
+		} else {
+			t.Logf("process CPU since start: %s", total)
+		}
 		if reqs != 0 {
 			t.Errorf("meshd made %d requests to an idle Consul; blocking queries should all be parked", reqs)
 		}

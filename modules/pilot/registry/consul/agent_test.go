@@ -1,6 +1,8 @@
 package consul
 
 import (
+	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -41,6 +43,7 @@ func TestRealConsulAgent(t *testing.T) {
 	var requests atomic.Int64
 	target, _ := url.Parse("http://" + agent.HTTPAddr)
 	proxy := httputil.NewSingleHostReverseProxy(target)
+	proxy.ErrorLog = log.New(io.Discard, "", 0)
 	counting := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		requests.Add(1)
 		proxy.ServeHTTP(w, r)
