@@ -3,6 +3,7 @@ package cli
 import (
 	"github.com/spf13/cobra"
 
+	"github.com/meshd/meshd/agent"
 	"github.com/meshd/meshd/core"
 	"github.com/meshd/meshd/core/plugin/plugincmd"
 	"github.com/meshd/meshd/modules/galley/galleycli"
@@ -18,6 +19,7 @@ func moduleCommands() []*cobra.Command {
 		validatecmd.NewValidateCommandWithMesh(meshFromConfig),
 		plugincmd.NewPluginsCommand(),
 		statuscmd.NewStatusCommand(),
+		agent.NewAgentCommand(),
 	}
 }
 
