@@ -243,9 +243,9 @@ func (neverSyncs) Run(ctx context.Context, _ registry.Sink) error { <-ctx.Done()
 // serves config while a registry source has not reported: a proxy must not
 // be handed a half-discovered mesh.
 func TestNotReadyUntilSourcesSync(t *testing.T) {
-	var sink registry.Sink
+	sinks := make(chan registry.Sink, 1)
 	src := sourceFunc(func(ctx context.Context, s registry.Sink) error {
-		sink = s
+		sinks <- s
 		<-ctx.Done()
 		return nil
 	})
@@ -269,14 +269,21 @@ func TestNotReadyUntilSourcesSync(t *testing.T) {
 	if err := e.pilot.AddSource("late", neverSyncs{}); !errors.Is(err, registry.ErrStarted) {
 		t.Fatalf("AddSource after Run: %v", err)
 	}
-	waitFor(t, 2*time.Second, "source started", func() error {
-		if sink == nil {
-			return errNotYet
-		}
-		return nil
-	})
+	sink := receive(t, sinks)
 	sink.Update(registry.State{})
 	waitFor(t, 2*time.Second, "ready after the source reported", e.pilot.Ready)
+}
+
+// receive waits for the sink a test source was started with.
+func receive(t *testing.T, sinks chan registry.Sink) registry.Sink {
+	t.Helper()
+	select {
+	case s := <-sinks:
+		return s
+	case <-time.After(5 * time.Second):
+		t.Fatal("the source was not started")
+		return nil
+	}
 }
 
 type sourceFunc func(context.Context, registry.Sink) error
@@ -288,20 +295,15 @@ func (f sourceFunc) Run(ctx context.Context, s registry.Sink) error { return f(c
 // workloads registered at run time, handed over again only when that
 // changes.
 func TestHostIndexForGalley(t *testing.T) {
-	var sink registry.Sink
+	sinks := make(chan registry.Sink, 1)
 	e := start(t, reviewsYAML(1, defaultRoute), nil, func(e *env) {
 		_ = e.pilot.AddSource("consul", sourceFunc(func(ctx context.Context, s registry.Sink) error {
-			sink = s
+			sinks <- s
 			<-ctx.Done()
 			return nil
 		}))
 	})
-	waitFor(t, 2*time.Second, "source started", func() error {
-		if sink == nil {
-			return errNotYet
-		}
-		return nil
-	})
+	sink := receive(t, sinks)
 	svc := &model.Service{Hostname: "billing.service.consul", Namespace: "shop", Source: "consul",
 		Ports:     []model.Port{{Name: "grpc", Number: 7000, Protocol: model.ProtocolGRPC}},
 		Endpoints: []*model.Endpoint{{Address: "10.1.0.1", Port: 7000, ServicePort: 7000, Labels: map[string]string{"app": "billing"}}}}
