@@ -397,6 +397,9 @@ func (p *Policies) ServiceDisabled(svc *model.Service) bool {
 // requires mTLS from these and accepts plaintext from other addresses,
 // since gRPC cannot tell TLS from plaintext on one filter chain.
 func MeshAddresses(ix *index.Index) []string {
+	if ix == nil {
+		return nil
+	}
 	seen := map[string]bool{}
 	if ix.Registry != nil {
 		for _, s := range ix.Registry.Services {
