@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -33,11 +34,22 @@ func TestMain(m *testing.M) {
 // fakeGalley stands in for the galley module: it serves the snapshot a
 // test sets and announces it on the bus, as galley does.
 type fakeGalley struct {
-	bus   *bus.Bus
-	mu    sync.Mutex
-	snap  *galleyapi.Snapshot
-	rev   uint64
-	hosts []galleyapi.HostIndex // every SetHostIndex
+	// notReady makes Ready fail, as galley does before its first
+	// accepted config.
+	notReady atomic.Bool
+	bus      *bus.Bus
+	mu       sync.Mutex
+	snap     *galleyapi.Snapshot
+	rev      uint64
+	hosts    []galleyapi.HostIndex // every SetHostIndex
+}
+
+// Ready implements core.Readier.
+func (g *fakeGalley) Ready() error {
+	if g.notReady.Load() {
+		return errors.New("waiting for config sources files")
+	}
+	return nil
 }
 
 // SetHostIndex records what pilot hands over.

@@ -271,11 +271,25 @@ func (m *Module) Run(ctx context.Context) error {
 	defer func() { <-done }()
 
 	ready := m.sub.Ready()
+	// Until the first push, look again now and then: what it waits for
+	// (galley's first accepted config) does not always announce itself.
+	waiting := time.NewTicker(100 * time.Millisecond)
+	defer waiting.Stop()
 	for {
 		reason := ""
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-waiting.C:
+			if m.pushedOnce {
+				waiting.Stop()
+				continue
+			}
+			reason = "start"
+			if snap := m.galley.Accepted(); snap != m.snap {
+				m.snap = snap
+				m.config.SetConfig(snap)
+			}
 		case _, ok := <-ready:
 			if !ok {
 				ready = nil // bus closed: shutting down
@@ -324,6 +338,12 @@ func (m *Module) rebuild(reason string) {
 	if !m.agg.Synced() {
 		m.setWaiting("registry sources have not reported yet: " + strings.Join(m.agg.Pending(), ", "))
 		return
+	}
+	if r, ok := m.galley.(core.Readier); ok && !m.pushedOnce {
+		if err := r.Ready(); err != nil {
+			m.setWaiting("galley has no accepted config yet: " + err.Error())
+			return
+		}
 	}
 	start := time.Now()
 	view := m.agg.View()

@@ -375,3 +375,15 @@ func TestAddExtension(t *testing.T) {
 		t.Fatalf("listeners %v, %v; want the client and the server listener", res, err)
 	}
 }
+
+// TestWaitsForGalley checks that pilot does not push before galley has
+// accepted a config, and starts by itself once it has, with no event.
+func TestWaitsForGalley(t *testing.T) {
+	e := start(t, reviewsYAML(1, defaultRoute), nil, func(e *env) { e.galley.notReady.Store(true) })
+	time.Sleep(300 * time.Millisecond)
+	if err := e.pilot.Ready(); err == nil || !strings.Contains(err.Error(), "galley") {
+		t.Fatalf("Ready() = %v, want an error about galley", err)
+	}
+	e.galley.notReady.Store(false)
+	waitFor(t, 2*time.Second, "ready once galley is", e.pilot.Ready)
+}
