@@ -107,7 +107,7 @@ func New(cfg *Config, opts Options) (*Agent, error) {
 		a.version = "dev"
 	}
 	a.verifier = &verifier{name: cfg.ControlPlane.ServerName, roots: a.trustedRoots}
-	a.probe = newProber(cfg.Workload.Probe)
+	a.probe = newProber(cfg.Workload.Probe, a.probeTLS)
 	if cfg.ControlPlane.RootPin != "" {
 		a.pin, _ = ParsePin(cfg.ControlPlane.RootPin) // checked by LoadConfig
 	}

@@ -72,7 +72,8 @@ type PortConfig struct {
 
 // ProbeConfig is the local health check whose result goes to meshd.
 type ProbeConfig struct {
-	Type             string        `mapstructure:"type" doc:"none, tcp (connect), http (GET, 2xx and 3xx are healthy) or grpc (grpc.health.v1); default: grpc for a GRPC first port, tcp for any other, none without ports"`
+	Type             string        `mapstructure:"type" doc:"none, tcp (connect), http (GET, 2xx and 3xx are healthy) or grpc (grpc.health.v1); default: tcp on the first port, none without ports"`
+	TLS              bool          `mapstructure:"tls" doc:"probe over mTLS with the workload's own certificate (http and grpc), for servers that accept only mesh clients; the server must present a certificate from the mesh's trust bundle"`
 	Host             string        `mapstructure:"host" doc:"host the probe connects to"`
 	Port             uint32        `mapstructure:"port" doc:"port the probe connects to; default: the first port"`
 	Path             string        `mapstructure:"path" doc:"HTTP path of an http probe"`
@@ -328,13 +329,9 @@ func (c *Config) complete() error {
 
 func (p *ProbeConfig) complete(ports []PortConfig) error {
 	if p.Type == "" {
-		switch {
-		case len(ports) == 0:
+		p.Type = "tcp"
+		if len(ports) == 0 {
 			p.Type = "none"
-		case ports[0].Protocol == "GRPC":
-			p.Type = "grpc"
-		default:
-			p.Type = "tcp"
 		}
 	}
 	switch p.Type {
@@ -349,6 +346,9 @@ func (p *ProbeConfig) complete(ports []PortConfig) error {
 			return keyErr("workload.probe.port", "required: the workload declares no ports")
 		}
 		p.Port = ports[0].Port
+	}
+	if p.TLS && p.Type == "tcp" {
+		return keyErr("workload.probe.tls", "applies to http and grpc probes")
 	}
 	if p.Type == "http" && p.Path == "" {
 		p.Path = "/"

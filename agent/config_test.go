@@ -51,7 +51,7 @@ func TestLoadConfig(t *testing.T) {
 	checks := map[string][2]any{
 		"serverName defaults to the address host": {cfg.ControlPlane.ServerName, "meshd.example.internal"},
 		"protocols are upper-cased":               {cfg.Workload.Ports[0].Protocol, "GRPC"},
-		"a GRPC first port is probed with grpc":   {cfg.Workload.Probe.Type, "grpc"},
+		"the first port is probed with tcp":       {cfg.Workload.Probe.Type, "tcp"},
 		"the probe port is the first port":        {cfg.Workload.Probe.Port, uint32(7070)},
 		"files under the data dir":                {cfg.Files.Dir, "/var/lib/meshd-agent/certs"},
 		"socket under the data dir":               {cfg.SDS.Socket, "/var/lib/meshd-agent/sds.sock"},

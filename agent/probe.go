@@ -2,14 +2,17 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthgrpc "google.golang.org/grpc/health/grpc_health_v1"
 )
@@ -33,9 +36,16 @@ type prober struct {
 	changed chan struct{}
 }
 
-func newProber(cfg ProbeConfig) *prober {
+// newProber returns a prober; tlsConfig gives the client TLS config of
+// probes with tls set (the workload's certificate, checked against the
+// bundle).
+func newProber(cfg ProbeConfig, tlsConfig func() *tls.Config) *prober {
 	p := &prober{cfg: cfg, changed: make(chan struct{}, 1)}
 	addr := net.JoinHostPort(cfg.Host, strconv.FormatUint(uint64(cfg.Port), 10))
+	scheme := "http"
+	if cfg.TLS {
+		scheme = "https"
+	}
 	switch cfg.Type {
 	case "tcp":
 		p.check = func(ctx context.Context) error {
@@ -47,9 +57,12 @@ func newProber(cfg ProbeConfig) *prober {
 			return c.Close()
 		}
 	case "http":
-		client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-		url := "http://" + addr + cfg.Path
+		url := scheme + "://" + addr + cfg.Path
 		p.check = func(ctx context.Context) error {
+			client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+			if cfg.TLS {
+				client.Transport = &http.Transport{TLSClientConfig: tlsConfig(), DisableKeepAlives: true}
+			}
 			req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 			if err != nil {
 				return err
@@ -66,7 +79,11 @@ func newProber(cfg ProbeConfig) *prober {
 		}
 	case "grpc":
 		p.check = func(ctx context.Context) error {
-			conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			creds := insecure.NewCredentials()
+			if cfg.TLS {
+				creds = credentials.NewTLS(tlsConfig())
+			}
+			conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 			if err != nil {
 				return err
 			}
@@ -137,4 +154,29 @@ func (p *prober) run(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+}
+
+// probeTLS is the client TLS config of probes with tls set: the workload's
+// own certificate, and the server's checked against the trust bundle and
+// the mesh's trust domain (workload certificates name no host).
+func (a *Agent) probeTLS() *tls.Config {
+	c := a.cur.Load()
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: true}
+	if c == nil {
+		return cfg
+	}
+	cfg.Certificates = []tls.Certificate{*c.tlsCrt}
+	prefix := "spiffe://" + a.cfg.Identity.TrustDomain + "/"
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		if err := verifyChain(cs.PeerCertificates, c.pool, ""); err != nil {
+			return err
+		}
+		for _, u := range cs.PeerCertificates[0].URIs {
+			if strings.HasPrefix(u.String(), prefix) {
+				return nil
+			}
+		}
+		return fmt.Errorf("the workload's certificate names no identity in trust domain %s", a.cfg.Identity.TrustDomain)
+	}
+	return cfg
 }

@@ -31,7 +31,7 @@ func runProbe(t *testing.T, cfg ProbeConfig) (*prober, func()) {
 	cfg.Host = "127.0.0.1"
 	cfg.Interval, cfg.Timeout = 20*time.Millisecond, time.Second
 	cfg.FailureThreshold, cfg.SuccessThreshold = 2, 1
-	p := newProber(cfg)
+	p := newProber(cfg, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); p.run(ctx) }()
@@ -103,7 +103,7 @@ func TestProbes(t *testing.T) {
 		waitHealth(t, p, false)
 	})
 	t.Run("none", func(t *testing.T) {
-		p := newProber(ProbeConfig{Type: "none"})
+		p := newProber(ProbeConfig{Type: "none"}, nil)
 		if s := p.get(); !s.known || !s.healthy {
 			t.Fatalf("%+v", s)
 		}
