@@ -472,12 +472,20 @@ func (in *Instance) watch(ctx context.Context, g *generation) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		select {
-		case <-g.conn.done:
-			return errors.New("plugin process exited")
-		default:
-		}
 		if err != nil {
+			// A process that just exited fails its health check too (its
+			// socket closed) a moment before go-plugin notices the exit:
+			// give the exit a moment to show, so the reason is the right one.
+			grace := time.NewTimer(500 * time.Millisecond)
+			select {
+			case <-g.conn.done:
+				grace.Stop()
+				return errors.New("plugin process exited")
+			case <-grace.C:
+			case <-ctx.Done():
+				grace.Stop()
+				return nil
+			}
 			return fmt.Errorf("health check: %w", rpcError(err))
 		}
 		if resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
