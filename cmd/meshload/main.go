@@ -75,6 +75,7 @@ func driver(args []string) int {
 	fs.BoolVar(&o.StormDelta, "storm-delta", false, "storm proxies speak delta xDS instead of state of the world")
 	fs.IntVar(&o.BaselineMaxServices, "baseline-max-services", 1000, "skip baseline eds-delta above this size")
 	fs.IntVar(&o.BaselineChanges, "baseline-changes", 3, "endpoint changes measured for the baseline")
+	fs.IntVar(&o.BaselineDeltaProxies, "baseline-delta-proxies", 400, "proxies in the baseline's eds-delta (it costs ~50 ms CPU per proxy per change)")
 	fs.DurationVar(&o.Timeout, "timeout", 120*time.Second, "bound on each measured step")
 	fs.StringVar(&jsonOut, "json", "", "write results as JSON to this file")
 	fs.StringVar(&mdOut, "markdown", "", "write results as a markdown table to this file")

@@ -50,8 +50,12 @@ type Options struct {
 	// (default 1000): its per-node snapshots hash every resource per node
 	// per change, which at 10,000 services takes minutes per change.
 	BaselineMaxServices int
-	// BaselineChanges limits the baseline's eds-delta changes (default 3).
-	BaselineChanges int
+	// BaselineChanges limits the baseline's eds-delta changes (default 3),
+	// and BaselineDeltaProxies its proxies (default 400): every change
+	// makes it hash every resource of every node's snapshot, about 50 ms
+	// of CPU per proxy per change at 1,000 services, so 2,000 proxies
+	// take minutes per change (set 2000 to measure it anyway).
+	BaselineChanges, BaselineDeltaProxies int
 	// Timeout bounds each measured phase (default 120 s).
 	Timeout time.Duration
 	// Exe runs the server child (default: this executable, "child"
@@ -86,6 +90,7 @@ func (o *Options) defaults() {
 	}
 	def(&o.BaselineMaxServices, 1000)
 	def(&o.BaselineChanges, 3)
+	def(&o.BaselineDeltaProxies, 400)
 	if len(o.EDSServices) == 0 {
 		o.EDSServices = []int{1000, 10000}
 	}
@@ -519,6 +524,9 @@ func fullPush(ctx context.Context, o Options, impl string) (r Result) {
 // edsDelta: one endpoint of the 100-endpoint service changes; every proxy
 // on delta EDS receives that one ClusterLoadAssignment.
 func edsDelta(ctx context.Context, o Options, impl string, services int) (r Result) {
+	if impl == ImplBaseline {
+		o.DeltaProxies = o.BaselineDeltaProxies
+	}
 	r = Result{Scenario: "eds-delta", Impl: impl, Services: services, Proxies: o.DeltaProxies, Protocol: "delta EDS"}
 	c, err := startChild(ctx, o, ChildOptions{Impl: impl, Services: services, Big: o.BigService})
 	if err != nil {
@@ -558,15 +566,16 @@ func edsDelta(ctx context.Context, o Options, impl string, services int) (r Resu
 }
 
 // storm: proxies connect at once and subscribe like Envoy sidecars; time
-// until all hold CDS, EDS, LDS and RDS. Batches in one server give memory
-// at each size; StormAtOnce in a fresh server is the reconnect storm.
+// until all hold CDS, EDS, LDS and RDS. StormBatches in one server
+// ("memory") give memory at each size; StormAtOnce in a fresh server
+// ("storm") is the reconnect storm.
 func storm(ctx context.Context, o Options, impl string) []Result {
-	run := func(batches []int) (r Result) {
+	run := func(name string, batches []int) (r Result) {
 		total := 0
 		for _, b := range batches {
 			total += b
 		}
-		r = Result{Scenario: "storm", Impl: impl, Services: o.Services, Proxies: total, Protocol: "sotw CDS+EDS+LDS+RDS"}
+		r = Result{Scenario: name, Impl: impl, Services: o.Services, Proxies: total, Protocol: "sotw CDS+EDS+LDS+RDS"}
 		if o.StormDelta {
 			r.Protocol = "delta CDS+EDS+LDS+RDS"
 		}
@@ -581,7 +590,7 @@ func storm(ctx context.Context, o Options, impl string) []Result {
 		var ops []op
 		connected := 0
 		for _, b := range batches {
-			fmt.Fprintf(o.Log, "storm %s: %d proxies connecting at once (%d connected)\n", impl, b, connected)
+			fmt.Fprintf(o.Log, "%s %s: %d proxies connecting at once (%d connected)\n", name, impl, b, connected)
 			s0, _ := c.stats(false)
 			d0 := driverCPU()
 			ph, err := f.connect(c.xds, b, plan{envoy: true, delta: o.StormDelta, services: o.Services}, o.Timeout)
@@ -609,10 +618,10 @@ func storm(ctx context.Context, o Options, impl string) []Result {
 	}
 	var out []Result
 	if len(o.StormBatches) > 0 {
-		out = append(out, run(o.StormBatches))
+		out = append(out, run("memory", o.StormBatches))
 	}
 	if o.StormAtOnce > 0 {
-		out = append(out, run([]int{o.StormAtOnce}))
+		out = append(out, run("storm", []int{o.StormAtOnce}))
 	}
 	return out
 }

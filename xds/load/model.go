@@ -135,12 +135,13 @@ func Cluster(i, gen int) *clusterv3.Cluster {
 	}
 }
 
-// LoadAssignment returns service i's endpoints; epGen moves the first one.
+// LoadAssignment returns service i's endpoints; for service 0, epGen moves
+// the first one.
 func LoadAssignment(i, n, epGen int) *endpointv3.ClusterLoadAssignment {
 	eps := make([]*endpointv3.LbEndpoint, n)
 	for j := range n {
 		port := uint32(8080)
-		if j == 0 {
+		if i == 0 && j == 0 {
 			port += uint32(epGen % 1000)
 		}
 		md, _ := structpb.NewStruct(map[string]any{"workload": fmt.Sprintf("svc-%d-%d;%s;svc-%d;v1;Kubernetes", i, j, namespace, i)})

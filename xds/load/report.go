@@ -66,7 +66,7 @@ func Markdown(w io.Writer, results []Result) {
 			r.Impl, a.Proxies, b.Proxies, mb(a.RSSBytes), mb(b.RSSBytes), mb(int64(a.HeapInuse)), mb(int64(b.HeapInuse)), per/1e3, perHeap/1e3))
 	}
 	if len(mem) > 0 {
-		fmt.Fprint(w, "\nMemory with proxies receiving every service (storm batches, after GC):\n\n")
+		fmt.Fprint(w, "\nMemory with proxies receiving every service (memory: batches connecting one after the other, after GC):\n\n")
 		fmt.Fprintln(w, "| server | proxies | RSS MB | Go heap MB | RSS per added proxy | heap per added proxy |")
 		fmt.Fprintln(w, "|---|---|---|---|---|---|")
 		for _, m := range mem {
@@ -79,8 +79,14 @@ func Markdown(w io.Writer, results []Result) {
 			continue
 		}
 		for _, m := range results {
-			if m.Impl == ImplMeshd && m.Ops > 0 && m.Scenario == b.Scenario && m.Services == b.Services && m.Proxies == b.Proxies && m.CPUSeconds > 0 {
+			if m.Impl != ImplMeshd || m.Ops == 0 || m.Scenario != b.Scenario || m.Services != b.Services || m.CPUSeconds <= 0 {
+				continue
+			}
+			if m.Proxies == b.Proxies {
 				ratios = append(ratios, fmt.Sprintf("| %s | %d | %d | %.3f | %.3f | %.1fx |", b.Scenario, b.Services, b.Proxies, m.CPUSeconds, b.CPUSeconds, b.CPUSeconds/m.CPUSeconds))
+			} else { // compare per proxy
+				mp, bp := m.CPUSeconds/float64(m.Proxies), b.CPUSeconds/float64(b.Proxies)
+				ratios = append(ratios, fmt.Sprintf("| %s (per proxy) | %d | %d vs %d | %.1f µs | %.1f µs | %.1fx |", b.Scenario, b.Services, m.Proxies, b.Proxies, mp*1e6, bp*1e6, bp/mp))
 			}
 		}
 	}
