@@ -22,18 +22,19 @@ func TestSmoke(t *testing.T) {
 		t.Skip("starts servers and proxies")
 	}
 	results, err := load.Run(context.Background(), load.Options{
-		InProcess:           true,
-		Services:            20,
-		FullPushProxies:     5,
-		Pushes:              2,
-		DeltaProxies:        5,
-		EDSServices:         []int{20, 40},
-		Changes:             2,
-		BigService:          10,
-		StormBatches:        []int{4, 4},
-		StormAtOnce:         6,
-		BaselineMaxServices: 20,
-		Timeout:             20 * time.Second,
+		InProcess:            true,
+		Services:             20,
+		FullPushProxies:      5,
+		Pushes:               2,
+		DeltaProxies:         5,
+		EDSServices:          []int{20, 40},
+		Changes:              2,
+		BigService:           10,
+		StormBatches:         []int{4, 4},
+		StormAtOnce:          6,
+		BaselineMaxServices:  20,
+		BaselineDeltaProxies: 5,
+		Timeout:              20 * time.Second,
 	})
 	if err != nil {
 		t.Fatal(err)
