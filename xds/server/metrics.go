@@ -14,7 +14,7 @@ type metrics struct {
 	rejects         *prometheus.CounterVec   // pilot_total_xds_rejects{type}
 	configSize      *prometheus.HistogramVec // pilot_xds_config_size_bytes{type}
 	debounce        prometheus.Histogram     // pilot_debounce_time
-	sendErrors      *prometheus.CounterVec   // pilot_xds_send_errors? (meshd_xds_send_errors_total{type})
+	sendErrors      *prometheus.CounterVec   // meshd_xds_send_errors_total{type}
 	generateTime    *prometheus.HistogramVec // meshd_xds_generate_seconds{type}
 	generateErrors  *prometheus.CounterVec   // meshd_xds_generate_errors_total{type}
 	inconsistent    *prometheus.CounterVec   // meshd_xds_inconsistent_total{type}
