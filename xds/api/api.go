@@ -69,7 +69,9 @@ func ShortType(typeURL string) string {
 // out of its group's set (grpc-go and Envoy's EDS subscribe by name).
 //
 // The server calls Generate from one goroutine at a time, never
-// concurrently, and Key from any goroutine.
+// concurrently. It calls Key from any goroutine, often (for every proxy on
+// every full push) and with its own lock held: Key must be cheap and must
+// not call back into the xds module.
 type Generator interface {
 	// Key returns the key of the inputs Generate reads from p. Proxies with
 	// equal keys share one generated, encoded set of resources.
