@@ -177,6 +177,11 @@ func isNotFound(err error) bool {
 func (s *Source) Run(ctx context.Context, sink api.Sink) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// A (re)started source reports everything again: galley drops the
+	// origins a run does not report before Synced.
+	s.mu.Lock()
+	s.objects = map[string]*ref{}
+	s.mu.Unlock()
 	have, missing, err := s.installed()
 	if err != nil {
 		return err
