@@ -186,3 +186,86 @@ func TestPluginsList(t *testing.T) {
 		}
 	}
 }
+
+// TestPluginsValidator: galley runs the wildcard-validator plugin on the
+// config it reads; a file with a wildcard host is rejected with the
+// plugin's finding, the others are accepted.
+func TestPluginsValidator(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs meshd")
+	}
+	dir := t.TempDir()
+	mesh := filepath.Join(dir, "mesh")
+	if err := os.MkdirAll(mesh, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	vs := func(name, host string) string {
+		return fmt.Sprintf("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: %s, namespace: shop}\nspec:\n  hosts: [%q]\n  http:\n  - route:\n    - destination: {host: reviews.shop.svc.cluster.local}\n", name, host)
+	}
+	if err := os.WriteFile(filepath.Join(mesh, "good.yaml"), []byte(vs("good", "reviews.shop.svc.cluster.local")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(mesh, "wild.yaml"), []byte(vs("wild", "*.shop.example.com")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	path, sum := examplePlugin(t, "wildcard-validator")
+	s := Start(t, Options{Dir: dir, Config: fmt.Sprintf(`modules:
+  galley:
+    paths: [./mesh]
+  plugins:
+    plugins:
+    - name: no-wildcards
+      kind: validator
+      path: %s
+      sha256: "%s"
+`, path, sum)})
+	s.WaitReady(t, 60*time.Second)
+	var z struct {
+		Validators []string `json:"validators"`
+		Origins    []struct {
+			Origin       string `json:"origin"`
+			State        string `json:"state"`
+			LastRejected *struct {
+				Errors   int `json:"errors"`
+				Findings []struct {
+					Code    string `json:"code"`
+					Message string `json:"message"`
+					Line    int    `json:"line"`
+				} `json:"findings"`
+			} `json:"lastRejected"`
+		} `json:"origins"`
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, body := s.Get(t, "/debug/configz")
+		if err := json.Unmarshal([]byte(body), &z); err != nil {
+			t.Fatal(err)
+		}
+		rejected, accepted := false, false
+		for _, o := range z.Origins {
+			switch {
+			case strings.HasSuffix(o.Origin, "wild.yaml") && o.LastRejected != nil:
+				for _, f := range o.LastRejected.Findings {
+					if f.Code == "WILDCARD001" && f.Line == 5 && strings.Contains(f.Message, `"*.shop.example.com"`) {
+						rejected = true
+					}
+				}
+				if !rejected {
+					t.Fatalf("wild.yaml rejected without the plugin's finding: %+v", *o.LastRejected)
+				}
+			case strings.HasSuffix(o.Origin, "good.yaml") && o.LastRejected == nil && o.State != "":
+				accepted = true
+			}
+		}
+		if rejected && accepted {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("galley did not reject wild.yaml and accept good.yaml:\n%s", body)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if len(z.Validators) != 1 || z.Validators[0] != "no-wildcards" {
+		t.Errorf("galley's validators: %v", z.Validators)
+	}
+}
