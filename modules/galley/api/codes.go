@@ -88,6 +88,9 @@ const (
 	CodeSubsetNoMatch    Code = "GAL3014"
 	CodeHostNotOnGateway Code = "GAL3015"
 	CodePortRequired     Code = "GAL3016"
+	CodeProxylessAuthz   Code = "GAL3017"
+	CodeAuthzOverlap     Code = "GAL3018"
+	CodePrincipalFormat  Code = "GAL3019"
 )
 
 // Serving codes.
@@ -175,6 +178,9 @@ var codeTable = [...]CodeInfo{
 	{CodeSubsetNoMatch, SeverityWarning, "analyze", "subset labels match no workload of the service", "IST0173"},
 	{CodeHostNotOnGateway, SeverityWarning, "analyze", "VirtualService host not served by its Gateway", "IST0132"},
 	{CodePortRequired, SeverityError, "analyze", "destination port required: the service has several ports", "IST0112"},
+	{CodeProxylessAuthz, SeverityWarning, "analyze", "policy on a proxyless gRPC server uses what gRPC cannot enforce; it fails closed there", ""},
+	{CodeAuthzOverlap, SeverityWarning, "analyze", "DENY rule overlaps (warning: shadows) an ALLOW rule on the same workloads", ""},
+	{CodePrincipalFormat, SeverityWarning, "analyze", "principal is not trust-domain/ns/NS/sa/SA, so it matches no workload identity", ""},
 
 	{CodeValidatorFailed, SeverityError, "serve", "an external validator failed; the change waits for it (a warning with failurePolicy ignore)", ""},
 }
