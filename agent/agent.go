@@ -241,10 +241,7 @@ func (a *Agent) enroll(ctx context.Context) error {
 		switch {
 		case ctx.Err() != nil:
 			return ctx.Err()
-		case errors.Is(err, ErrUntrustedServer):
-			return fatal(fmt.Errorf("%w (controlPlane.rootCertFile or rootPin must name meshd's root, and controlPlane.serverName one of the names in its serving certificate; "+
-				"if meshd's roots were rotated while this agent was away, give it the current roots from meshd ca roots)", err))
-		case errors.As(err, &noToken), errors.Is(err, ErrRefused), errors.Is(err, ErrPinMismatch):
+		case errors.As(err, &noToken), errors.Is(err, ErrRefused), errors.Is(err, ErrPinMismatch), errors.Is(err, ErrUntrustedServer):
 			return fatal(err)
 		}
 		d := b.next()

@@ -109,7 +109,9 @@ func transport(v *verifier, cert func() *tls.Certificate) credentials.TransportC
 // transport error as gRPC reported it.
 func dialErr(v *verifier, addr string, err error) error {
 	if verr := v.lastErr(); verr != nil && status.Code(err) == codes.Unavailable {
-		return fmt.Errorf("%s: %w", addr, verr)
+		return fmt.Errorf("%s: %w (controlPlane.rootCertFile or rootPin must name meshd's root, and controlPlane.serverName one of the names "+
+			"in its serving certificate; if meshd's roots were rotated while this agent was away, put the current ones from meshd ca roots "+
+			"in rootCertFile and restart the agent)", addr, verr)
 	}
 	return fmt.Errorf("%s: %w", addr, err)
 }

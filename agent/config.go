@@ -53,7 +53,7 @@ type IdentityConfig struct {
 type WorkloadConfig struct {
 	Name          string            `mapstructure:"name" doc:"workload name (a lowercase RFC 1123 name); default: the host name"`
 	Address       string            `mapstructure:"address" doc:"IP address other workloads reach this one on; default: the first non-loopback address of the host"`
-	Service       string            `mapstructure:"service" doc:"service the workload belongs to: Envoy's node cluster <service>.<namespace> and the label service.istio.io/canonical-name"`
+	Service       string            `mapstructure:"service" doc:"service the workload belongs to, for Envoy's node cluster <service>.<namespace>; default: the workload name"`
 	Labels        map[string]string `mapstructure:"labels" doc:"workload labels; ServiceEntry workloadSelectors and DestinationRule subsets select on them"`
 	Ports         []PortConfig      `mapstructure:"ports" doc:"ports the workload serves"`
 	WorkloadGroup string            `mapstructure:"workloadGroup" doc:"WorkloadGroup (in identity.namespace) to register with; empty: the workload is not registered (a client only)"`
@@ -67,7 +67,7 @@ type WorkloadConfig struct {
 type PortConfig struct {
 	Name     string `mapstructure:"name" doc:"port name, as the WorkloadGroup and ServiceEntry name it"`
 	Port     uint32 `mapstructure:"port" doc:"port number the workload listens on"`
-	Protocol string `mapstructure:"protocol" doc:"GRPC, HTTP, HTTP2, TCP, ...; informs the default probe"`
+	Protocol string `mapstructure:"protocol" doc:"GRPC, HTTP, HTTP2, TCP, TLS, ...; informational: meshd takes a service's protocols from its ServiceEntry"`
 }
 
 // ProbeConfig is the local health check whose result goes to meshd.
@@ -414,4 +414,27 @@ func ParsePin(s string) ([]byte, error) {
 func Pin(der []byte) string {
 	sum := sha256.Sum256(der)
 	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// configReference renders agent.yaml's keys as a Markdown table, for
+// docs/vm-onboarding.md (a test keeps the two in step).
+func configReference() string {
+	var b strings.Builder
+	b.WriteString("| key | default | description |\n|---|---|---|\n")
+	row := func(f config.Field) {
+		def := f.Default
+		if def == "" {
+			def = `""`
+		}
+		fmt.Fprintf(&b, "| `%s` | `%s` | %s |\n", f.Path, def, strings.ReplaceAll(f.Doc, "|", `\|`))
+	}
+	for _, f := range config.Fields(Default(), "") {
+		row(f)
+		if f.Path == "workload.ports" {
+			for _, pf := range config.Fields(PortConfig{}, "workload.ports[]") {
+				row(pf)
+			}
+		}
+	}
+	return b.String()
 }

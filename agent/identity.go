@@ -44,6 +44,13 @@ func (a *Agent) writeState(s tokenState) {
 	}
 }
 
+// certRejected reports whether meshd's TLS handshake refused the agent's
+// certificate (a TLS alert from the server): it chains to a root meshd no
+// longer trusts, typically after a root rotation the agent slept through.
+func certRejected(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "remote error: tls:")
+}
+
 // errNoToken says the agent needs a join token and has none.
 type errNoToken struct {
 	why  string
@@ -138,7 +145,7 @@ func (a *Agent) obtain(ctx context.Context) (*creds, error) {
 		if err == nil {
 			return c, nil
 		}
-		if !errors.Is(err, ErrRefused) && cur.untrusted == nil {
+		if !errors.Is(err, ErrRefused) && !certRejected(err) && cur.untrusted == nil {
 			return nil, err // meshd out of reach: retry with the certificate
 		}
 		// The CA no longer takes the certificate (its root was retired, or

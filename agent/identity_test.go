@@ -280,3 +280,47 @@ func TestRootRotation(t *testing.T) {
 		t.Fatal("agent lost its session across the rotation")
 	}
 }
+
+// TestOfflineThroughRotation: an agent that slept through a whole root
+// rotation cannot trust meshd and says so; given the current roots and a
+// join token, it gets a certificate under the new root.
+func TestOfflineThroughRotation(t *testing.T) {
+	m := startMeshd(t, "", "", map[string]any{"rotation": map[string]any{"checkInterval": "100ms"}})
+	dir := t.TempDir()
+	cfg := agentConfig(t, m, dir, nil)
+	writeToken(t, cfg, m.token("shop", "billing", 1))
+	ta := startAgent(t, cfg)
+	old := ta.ready()
+	if err := ta.stop(); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(cfg.Identity.JoinTokenFile)
+
+	if _, err := m.ca.Operations().Rotate(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "rotation finished", func() bool {
+		pem, _ := m.ca.TrustBundle()
+		roots, _ := parseCerts(pem)
+		return len(roots) == 1 && !roots[0].Equal(old.roots[0])
+	})
+
+	ta = startAgent(t, cfg)
+	eventually(t, 10*time.Second, "untrusted meshd reported", func() bool {
+		return ta.logs.Contains("cannot trust meshd") && ta.logs.Contains("put the current ones from meshd ca roots")
+	})
+	if err := ta.stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	m.rootsFile(dir) // the operator fetches the current roots
+	writeToken(t, cfg, m.token("shop", "billing", 1))
+	ta = startAgent(t, cfg)
+	eventually(t, 15*time.Second, "certificate under the new root", func() bool {
+		c := ta.a.cur.Load()
+		return c != nil && c.serial() != old.serial() && c.chain[len(c.chain)-1].CheckSignatureFrom(c.roots[0]) == nil && ta.a.connected.Load()
+	})
+	if !ta.logs.Contains("meshd refuses this agent's certificate") {
+		t.Errorf("the rejected certificate was not recognised:\n%s", ta.logs.String())
+	}
+}

@@ -38,9 +38,15 @@ func (a *Agent) runSession(ctx context.Context) {
 			b.reset() // it was up for a while: this is a new outage
 		}
 		d := b.next()
-		if errors.Is(err, errNoCert) {
+		switch {
+		case errors.Is(err, errNoCert):
 			a.log.Debug("xDS session waits for a valid certificate", "retryIn", d)
-		} else {
+		case errors.Is(err, ErrUntrustedServer):
+			a.log.Error("cannot trust meshd; retrying, but this needs an operator", "error", err, "retryIn", d.Round(time.Millisecond))
+		case certRejected(err):
+			a.log.Error("meshd refuses this agent's certificate (its root is no longer trusted?); getting a new one", "error", err)
+			a.kickRenew()
+		default:
 			a.log.Warn("xDS session to meshd ended; reconnecting", "address", a.cfg.ControlPlane.Address, "error", err, "retryIn", d.Round(time.Millisecond))
 		}
 		a.setConnected(false)
