@@ -282,9 +282,10 @@ func (h *Host) Cleanup() error {
 
 // ModuleStatus is one module's line in the readiness report.
 type ModuleStatus struct {
-	Module ModuleID `json:"module"`
-	Ready  bool     `json:"ready"`
-	Detail string   `json:"detail,omitempty"`
+	Module   ModuleID `json:"module"`
+	Ready    bool     `json:"ready"`
+	Degraded bool     `json:"degraded,omitempty"`
+	Detail   string   `json:"detail,omitempty"`
 }
 
 // Ready reports whether the host is running and every module is ready.
@@ -311,6 +312,9 @@ func (h *Host) Ready() (bool, []ModuleStatus) {
 				if err := safeCall(r.Ready); err != nil {
 					st.Ready, st.Detail = false, err.Error()
 				}
+			}
+			if d, ok := m.(Degrader); ok && st.Ready {
+				_ = safeCall(func() error { st.Detail = d.Degraded(); st.Degraded = st.Detail != ""; return nil })
 			}
 		}
 		all = all && st.Ready

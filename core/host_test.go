@@ -162,7 +162,9 @@ func TestRegistryRejectsBadRegistrations(t *testing.T) {
 		"duplicate": {info: ModuleInfo{ID: "a", New: func() Module { return nil }}},
 		"empty ID":  {info: ModuleInfo{New: func() Module { return nil }}},
 		"nil New":   {info: ModuleInfo{ID: "b"}},
-		"trailing":  {info: ModuleInfo{ID: "b.", New: func() Module { return nil }}},
+		"trailing":  {info: ModuleInfo{ID: "b-", New: func() Module { return nil }}},
+		"dotted":    {info: ModuleInfo{ID: "pilot.discovery", New: func() Module { return nil }}},
+		"upper":     {info: ModuleInfo{ID: "Pilot", New: func() Module { return nil }}},
 	} {
 		if err := reg.Add(m); err == nil {
 			t.Errorf("%s: Add succeeded, want error", name)
@@ -170,14 +172,44 @@ func TestRegistryRejectsBadRegistrations(t *testing.T) {
 	}
 }
 
-func TestModuleIDParts(t *testing.T) {
-	id := ModuleID("pilot.discovery.file")
-	if id.Namespace() != "pilot.discovery" || id.Name() != "file" {
-		t.Fatalf("got %q %q", id.Namespace(), id.Name())
+func TestModuleIDNamespace(t *testing.T) {
+	if got := ModuleID("pilot-plugins").Namespace(); got != "pilot" {
+		t.Fatalf("Namespace = %q", got)
 	}
-	if ModuleID("pilot").Namespace() != "" || ModuleID("pilot").Name() != "pilot" {
-		t.Fatal("top-level ID parts wrong")
+	if got := ModuleID("pilot").Namespace(); got != "" {
+		t.Fatalf("top-level Namespace = %q", got)
 	}
+}
+
+type degradedModule struct {
+	fakeModule
+	why string
+}
+
+func (d *degradedModule) Degraded() string { return d.why }
+
+func TestDegradedStaysReady(t *testing.T) {
+	reg := NewRegistry()
+	m := &degradedModule{fakeModule: fakeModule{info: ModuleInfo{ID: "pilot-plugins"}}, why: "plugin csv down; serving its last state"}
+	m.info.New = func() Module { return m }
+	if err := reg.Add(m); err != nil {
+		t.Fatal(err)
+	}
+	h := newTestHost(t, reg, DefaultConfig())
+	if err := h.Provision(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.Run(ctx) }()
+	waitFor(t, func() bool { ok, _ := h.Ready(); return ok })
+	_, mods := h.Ready()
+	if !mods[0].Degraded || mods[0].Detail != m.why {
+		t.Fatalf("status = %+v, want degraded with the reason", mods[0])
+	}
+	cancel()
+	<-done
+	_ = h.Cleanup()
 }
 
 func TestProvisionFailureCleansUpInReverse(t *testing.T) {

@@ -39,6 +39,15 @@ type Readier interface {
 	Ready() error
 }
 
+// Degrader reports a module that serves, but not at full strength: a plugin
+// it relies on is down and it is serving that plugin's last good state. It
+// shows on /healthz/ready without failing readiness, because pulling a
+// control plane out of service would hurt more than the degradation does.
+type Degrader interface {
+	// Degraded returns "" when all is well, else what is degraded.
+	Degraded() string
+}
+
 // ErrDependencyCycle is returned when module requirements form a cycle.
 var ErrDependencyCycle = errors.New("module dependency cycle")
 

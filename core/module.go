@@ -10,29 +10,29 @@ package core
 
 import (
 	"fmt"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
 )
 
-// ModuleID names a module. Top-level modules have no dot (pilot, citadel);
-// modules that fill an extension point are dotted under it
-// (pilot.discovery.file), which is what `meshd modules list` groups by.
+// ModuleID names a module and keys its config section (modules.<id>). IDs
+// are lowercase letters, digits and dashes. A module that extends another
+// is named after it with a dash (pilot-plugins extends pilot), which is what
+// Namespace returns. Dots are not allowed: config keys are dotted paths, so
+// a dotted ID would nest inside its parent's section.
 type ModuleID string
 
-// Namespace returns all but the last label of the ID.
+var moduleIDPattern = regexp.MustCompile(`^[a-z][a-z0-9]*(-[a-z0-9]+)*$`)
+
+// Namespace returns the module an extension module extends ("pilot" for
+// pilot-plugins), or "" for a top-level module.
 func (id ModuleID) Namespace() string {
-	i := strings.LastIndexByte(string(id), '.')
+	i := strings.IndexByte(string(id), '-')
 	if i < 0 {
 		return ""
 	}
 	return string(id[:i])
-}
-
-// Name returns the last label of the ID.
-func (id ModuleID) Name() string {
-	i := strings.LastIndexByte(string(id), '.')
-	return string(id[i+1:])
 }
 
 // ModuleInfo is what a module tells the registry about itself.
@@ -88,8 +88,8 @@ func (r *Registry) Add(m Module) error {
 		return fmt.Errorf("module %T: empty ID", m)
 	case info.New == nil:
 		return fmt.Errorf("module %s: nil New", info.ID)
-	case strings.HasPrefix(string(info.ID), ".") || strings.HasSuffix(string(info.ID), "."):
-		return fmt.Errorf("module %s: malformed ID", info.ID)
+	case !moduleIDPattern.MatchString(string(info.ID)):
+		return fmt.Errorf("module %q: ID must be lowercase letters, digits and dashes", info.ID)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()

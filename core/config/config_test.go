@@ -38,7 +38,9 @@ func TestDecode(t *testing.T) {
 		check   func(*sample) bool
 		wantErr string
 	}{
-		{name: "empty keeps defaults", in: map[string]any{}, check: func(s *sample) bool { return s.Address == "127.0.0.1:1" && s.Limit == 5 && s.Quiet == time.Second && s.Inner.Name == "n" }},
+		{name: "empty keeps defaults", in: map[string]any{}, check: func(s *sample) bool {
+			return s.Address == "127.0.0.1:1" && s.Limit == 5 && s.Quiet == time.Second && s.Inner.Name == "n"
+		}},
 		{name: "overlay", in: map[string]any{"address": ":2", "quiet": "250ms"}, check: func(s *sample) bool { return s.Address == ":2" && s.Quiet == 250*time.Millisecond && s.Limit == 5 }},
 		{name: "case-insensitive keys (viper lowercases)", in: map[string]any{"byname": map[string]any{"x": map[string]any{"name": "y"}}}, check: func(s *sample) bool { return s.ByName["x"].Name == "y" }},
 		{name: "env strings are weakly typed", in: map[string]any{"limit": "9", "on": "true", "hosts": "a,b"}, check: func(s *sample) bool { return s.Limit == 9 && s.On && len(s.Hosts) == 2 }},
