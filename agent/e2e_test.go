@@ -343,6 +343,28 @@ func TestVMEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	t.Run("bad input ends the agent with status 2", func(t *testing.T) {
+		dir := t.TempDir()
+		write := func(cfg string) {
+			if err := os.WriteFile(filepath.Join(dir, "agent.yaml"), []byte(cfg), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		base := "controlPlane:\n  address: " + xdsTLS + "\n%sidentity: {trustDomain: example.org, namespace: shop, serviceAccount: bad, joinTokenFile: token}\n" +
+			"workload: {name: bad-vm, address: 127.0.0.1}\ndataDir: data\n"
+		write(fmt.Sprintf(base, ""))
+		out, code := e2e.Run(t, dir, nil, "agent", "-c", "agent.yaml")
+		if code != ExitConfig || !strings.Contains(out, "meshd: agent.yaml:1: controlPlane: set rootCertFile") {
+			t.Errorf("no root: exit %d\n%s", code, out)
+		}
+		write(fmt.Sprintf(base, "  rootPin: sha256:"+strings.Repeat("00", 32)+"\n"))
+		os.WriteFile(filepath.Join(dir, "token"), []byte(adm.token("ns/shop/sa/bad")), 0o600)
+		out, code = e2e.Run(t, dir, nil, "agent", "-c", "agent.yaml")
+		if code != ExitConfig || !strings.Contains(out, "no root in meshd's trust bundle matches controlPlane.rootPin: meshd at "+xdsTLS+" offers sha256:") {
+			t.Errorf("wrong pin: exit %d\n%s", code, out)
+		}
+	})
+
 	// VM A runs the echo server and registers it; VM B runs the client.
 	echoAddr := freeAddr(t)
 	_, echoPort, _ := net.SplitHostPort(echoAddr)
