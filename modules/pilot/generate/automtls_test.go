@@ -123,7 +123,7 @@ func TestAutoMTLS(t *testing.T) {
 		t.Errorf("proxyless to the api subset: SANs %v, want the endpoints' identity", sans)
 	}
 	for _, name := range []string{
-		"outbound|7000||api.shop.svc.cluster.local",       // one endpoint's port is DISABLEd
+		"outbound|7000||api.shop.svc.cluster.local",      // one endpoint's port is DISABLEd
 		"outbound|7000||legacy.legacy.svc.cluster.local", // the namespace is DISABLEd
 		"outbound|7000||plain.shop.svc.cluster.local",    // outside the mesh
 	} {
