@@ -22,12 +22,14 @@ const maxWorkloadBody = 64 << 10
 //
 //	GET    /debug/registryz                          services, endpoints and registry conflicts
 //	GET    /debug/pilotz                             index version, readiness, last pushes
+//	GET    /debug/securityz[?namespace=]             per workload port: mTLS mode and why, policies, proxyless fail-closed rules
 //	GET    /registry/workloads                       run-time workloads
 //	PUT    /registry/workloads/{namespace}/{name}    register or replace one
 //	DELETE /registry/workloads/{namespace}/{name}    deregister one
 func (m *Module) routes(ctx *core.Context) {
 	ctx.HandleAdmin("GET /debug/registryz", http.HandlerFunc(m.registryz))
 	ctx.HandleAdmin("GET /debug/pilotz", http.HandlerFunc(m.pilotz))
+	ctx.HandleAdmin("GET /debug/securityz", http.HandlerFunc(m.securityz))
 	ctx.HandleAdmin("GET /registry/workloads", http.HandlerFunc(m.listWorkloads))
 	ctx.HandleAdmin("PUT /registry/workloads/{namespace}/{name}", http.HandlerFunc(m.putWorkload))
 	ctx.HandleAdmin("DELETE /registry/workloads/{namespace}/{name}", http.HandlerFunc(m.deleteWorkload))
