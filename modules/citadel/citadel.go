@@ -13,10 +13,12 @@
 //   - a ledger of every issued certificate (ledger.go, store.go);
 //   - trust distribution (trust.go): the bundle as the SDS secret ROOTCA, as
 //     a file for the node agent, and as the last element of each response;
-//   - root rotation as a persisted state machine (rotation.go).
+//   - root rotation as a persisted state machine (rotation.go);
+//   - an optional external signer (external.go, api.SignerRegistry).
 //
-// The `meshd ca` commands are in package cacmd; they reach a running meshd
-// through the admin API (admin.go) or a stopped one's store (offline.go).
+// The store tree is documented in store.go. The `meshd ca` commands are in
+// package cacmd; they reach a running meshd through the admin API
+// (admin.go) or a stopped one's store (Offline in ops.go).
 package citadel
 
 import (
