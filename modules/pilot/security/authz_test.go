@@ -210,7 +210,7 @@ func TestIstioExamples(t *testing.T) {
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := configOf(t, core.DefaultMeshConfig(), "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: foo}\n"+tc.yaml)
-			filters := c.EnvoyHTTPFilters(nil, httpbin, 8000)
+			filters := c.EnvoyHTTPFilters(httpbin, 8000)
 			if len(filters) != 1 {
 				t.Fatalf("%d filters, want one RBAC filter", len(filters))
 			}
@@ -374,7 +374,7 @@ func TestFailClosed(t *testing.T) {
 // many the first two allowed.
 func checkFailClosed(t *testing.T, c *Config) (grpcAllowed, tcpAllowed2 int) {
 	t.Helper()
-	intent := httpStages(t, c.EnvoyHTTPFilters(nil, httpbin, 8000))
+	intent := httpStages(t, c.EnvoyHTTPFilters(httpbin, 8000))
 	grpc := httpStages(t, grpcFilters(t, c, httpbin, 8000))
 	var netConfigs []*anypb.Any
 	for _, f := range c.EnvoyNetworkFilters(httpbin, 8000, "test") {

@@ -118,7 +118,7 @@ spec:
 		}
 		c := configOf(t, core.DefaultMeshConfig(), yaml)
 		for name, st := range map[string][]stage{
-			"Envoy": httpStages(t, c.EnvoyHTTPFilters(nil, httpbin, 8000)),
+			"Envoy": httpStages(t, c.EnvoyHTTPFilters(httpbin, 8000)),
 			"gRPC":  httpStages(t, grpcFilters(t, c, httpbin, 8000)),
 		} {
 			// No workload identity (citadel issues only ns/sa ones) is let
@@ -153,7 +153,7 @@ spec:
 		}
 		c := configOf(t, core.DefaultMeshConfig(), yaml)
 		for name, st := range map[string][]stage{
-			"Envoy": httpStages(t, c.EnvoyHTTPFilters(nil, httpbin, 8000)),
+			"Envoy": httpStages(t, c.EnvoyHTTPFilters(httpbin, 8000)),
 			"gRPC":  httpStages(t, grpcFilters(t, c, httpbin, 8000)),
 		} {
 			e := engine{grpc: name == "gRPC"}

@@ -16,7 +16,6 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/meshd/meshd/modules/pilot/generate"
-	"github.com/meshd/meshd/modules/pilot/index"
 	"github.com/meshd/meshd/modules/pilot/security/authn"
 )
 
@@ -119,7 +118,7 @@ func (c *Config) EnvoyPassthrough(w Workload) []InboundChain {
 // manager serving w on port (a sidecar's inbound port, a gateway's
 // listener port), in evaluation order: local rate limits, JWT
 // verification, CUSTOM (ext_authz), AUDIT, DENY, ALLOW.
-func (c *Config) EnvoyHTTPFilters(ix *index.Index, w Workload, port uint32) []*hcmv3.HttpFilter {
+func (c *Config) EnvoyHTTPFilters(w Workload, port uint32) []*hcmv3.HttpFilter {
 	var out []*hcmv3.HttpFilter
 	add := func(name string, m proto.Message) {
 		out = append(out, &hcmv3.HttpFilter{Name: name, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: Typed(m)}})
@@ -127,7 +126,7 @@ func (c *Config) EnvoyHTTPFilters(ix *index.Index, w Workload, port uint32) []*h
 	for _, r := range c.RateLimits(w, port) {
 		add(FilterRateLimitPrefix+r.Name, httpRateLimit(r))
 	}
-	if jwt := c.JWTAuthn(ix, c.RequestAuthentications(w)); jwt != nil {
+	if jwt := c.JWTAuthn(c.RequestAuthentications(w)); jwt != nil {
 		add(FilterJWT, jwt)
 	}
 	a := c.AuthorizationPolicies(w)

@@ -74,7 +74,7 @@ func TestCustomProviders(t *testing.T) {
 	c := configOf(t, mesh, policy("p1", "a", "/a*")+policy("p2", "b", "/b*")+policy("p3", "missing", "/m*"))
 	var names []string
 	var deny rbachttpv3.RBAC
-	for _, f := range c.EnvoyHTTPFilters(nil, httpbin, 80) {
+	for _, f := range c.EnvoyHTTPFilters(httpbin, 80) {
 		names = append(names, f.GetName())
 		if f.GetName() == FilterDeny {
 			if err := f.GetTypedConfig().UnmarshalTo(&deny); err != nil {

@@ -35,7 +35,7 @@ const jwksCacheDuration = 5 * time.Minute
 // outbound|<port>||<host>, which exists when the host is a service the
 // mesh knows (a ServiceEntry for an external issuer). Without one the
 // fetch fails and tokens are rejected: closed, not open.
-func (c *Config) JWTAuthn(ix *index.Index, policies []JWTPolicy) *jwtv3.JwtAuthentication {
+func (c *Config) JWTAuthn(policies []JWTPolicy) *jwtv3.JwtAuthentication {
 	providers := map[string]*jwtv3.JwtProvider{}
 	var reqs []*jwtv3.JwtRequirement
 	for _, p := range policies {
@@ -69,7 +69,7 @@ func (c *Config) JWTAuthn(ix *index.Index, policies []JWTPolicy) *jwtv3.JwtAuthe
 				jp.JwksSourceSpecifier = &jwtv3.JwtProvider_RemoteJwks{RemoteJwks: &jwtv3.RemoteJwks{
 					HttpUri: &corev3.HttpUri{
 						Uri:              r.GetJwksUri(),
-						HttpUpstreamType: &corev3.HttpUri_Cluster{Cluster: jwksCluster(ix, r.GetJwksUri())},
+						HttpUpstreamType: &corev3.HttpUri_Cluster{Cluster: jwksCluster(r.GetJwksUri())},
 						Timeout:          durationpb.New(timeout),
 					},
 					CacheDuration: durationpb.New(jwksCacheDuration),
@@ -104,7 +104,7 @@ func (c *Config) JWTAuthn(ix *index.Index, policies []JWTPolicy) *jwtv3.JwtAuthe
 }
 
 // jwksCluster is the cluster Envoy fetches a JWKS URI through.
-func jwksCluster(ix *index.Index, raw string) string {
+func jwksCluster(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return "outbound|443||invalid.jwks.uri"

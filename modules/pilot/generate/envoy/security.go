@@ -77,7 +77,7 @@ func (Security) HTTPFilters(c Chain) []*hcmv3.HttpFilter {
 	if c.Class == SidecarOutbound || c.Index == nil {
 		return nil
 	}
-	return security.For(c.Index).EnvoyHTTPFilters(c.Index, SecurityWorkload(c.Proxy), c.Port)
+	return security.For(c.Index).EnvoyHTTPFilters(SecurityWorkload(c.Proxy), c.Port)
 }
 
 // NetworkFilters implements NetworkFilterExtension: only for chains that
