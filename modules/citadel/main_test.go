@@ -50,7 +50,7 @@ func TestMain(m *testing.M) {
 type probeModule struct{}
 
 func (*probeModule) MeshModule() core.ModuleInfo {
-	return core.ModuleInfo{ID: "citadel.probe", New: func() core.Module { return new(probeModule) },
+	return core.ModuleInfo{ID: "citadel-probe", New: func() core.Module { return new(probeModule) },
 		Requires: []core.ModuleID{"xds", ID}}
 }
 

@@ -29,9 +29,9 @@ import (
 func init() { core.Register(new(Module)) }
 
 // ModuleID is the module that adds the authenticator to citadel.
-const ModuleID core.ModuleID = "citadel.authn.kubernetes"
+const ModuleID core.ModuleID = "citadel-kubernetes"
 
-// Config is the modules.citadel.authn.kubernetes section.
+// Config is the modules.citadel-kubernetes section.
 type Config struct {
 	Kubeconfig string  `mapstructure:"kubeconfig" doc:"kubeconfig file; empty: $KUBECONFIG, ~/.kube/config, then the in-cluster service account"`
 	Context    string  `mapstructure:"context" doc:"kubeconfig context; empty: the current one"`
@@ -119,7 +119,7 @@ type adder interface {
 }
 
 // Module adds the authenticator to citadel. It is off unless
-// modules.citadel.authn.kubernetes.enabled is true.
+// modules.citadel-kubernetes.enabled is true.
 type Module struct{}
 
 var _ core.Provisioner = (*Module)(nil)

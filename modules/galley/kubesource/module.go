@@ -21,7 +21,7 @@ import (
 func init() { core.Register(new(Module)) }
 
 // ModuleID is the module that adds the Kubernetes source to galley.
-const ModuleID core.ModuleID = "galley.source.kubernetes"
+const ModuleID core.ModuleID = "galley-kubernetes"
 
 // SourceName is the source's name in galley's /debug/configz.
 const SourceName = "kubernetes"
@@ -33,7 +33,7 @@ type configzer interface {
 
 // Module adds the Kubernetes config source to galley, writes statuses and
 // serves the admission webhook. It is off unless
-// modules.galley.source.kubernetes.enabled is true.
+// modules.galley-kubernetes.enabled is true.
 type Module struct {
 	log     *slog.Logger
 	src     *Source

@@ -49,7 +49,7 @@ func Origin(kind, namespace, name string) string {
 	return OriginPrefix + kind + "/" + namespace + "/" + name
 }
 
-// Config is the modules.galley.source.kubernetes section.
+// Config is the modules.galley-kubernetes section.
 type Config struct {
 	Kubeconfig string  `mapstructure:"kubeconfig" doc:"kubeconfig file; empty: $KUBECONFIG, ~/.kube/config, then the in-cluster service account"`
 	Context    string  `mapstructure:"context" doc:"kubeconfig context; empty: the current one"`

@@ -11,11 +11,11 @@ import (
 func init() { core.Register(new(Module)) }
 
 // ModuleID is the module that adds the Consul source to pilot.
-const ModuleID core.ModuleID = "pilot.discovery.consul"
+const ModuleID core.ModuleID = "pilot-consul"
 
 // Module adds a Consul discovery source to pilot's registry, under the name
 // "consul" (list it in modules.pilot.registries to set its precedence). It
-// is off unless modules.pilot.discovery.consul.enabled is true. It serves
+// is off unless modules.pilot-consul.enabled is true. It serves
 // GET /debug/consulz: each blocking-query watch with its index, query,
 // change and error counts.
 type Module struct {

@@ -370,6 +370,22 @@ func TestRealAPIServer(t *testing.T) {
 		})
 	})
 
+	t.Run("ExternalName resolves by DNS", func(t *testing.T) {
+		_, err := c.client.CoreV1().Services("other").Create(c.ctx, &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: "payments"},
+			Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "payments.example.com",
+				Ports: []corev1.ServicePort{{Name: "https", Port: 443}}},
+		}, metav1.CreateOptions{})
+		c.must(err)
+		st := snk.waitFor(t, 5*time.Second, "payments", func(st registry.State) bool {
+			return find(st, "payments.other.svc.cluster.local") != nil
+		})
+		s := find(st, "payments.other.svc.cluster.local")
+		if s.Resolution != model.ResolutionDNS || len(s.Endpoints) != 1 || s.Endpoints[0].Address != "payments.example.com" || s.Endpoints[0].Port != 443 {
+			t.Fatalf("ExternalName service:%s", dump(st))
+		}
+	})
+
 	t.Run("service in a watched namespace appears and goes", func(t *testing.T) {
 		c.service("other", "ratings", corev1.ServicePort{Name: "http", Port: 8000})
 		c.slice("other", "ratings-1", "ratings", map[string]int32{"http": 8000}, ep{addr: "10.2.0.1", ready: true})

@@ -8,11 +8,11 @@ import (
 func init() { core.Register(new(Module)) }
 
 // ModuleID is the module that adds the Kubernetes source to pilot.
-const ModuleID core.ModuleID = "pilot.discovery.kubernetes"
+const ModuleID core.ModuleID = "pilot-kubernetes"
 
 // Module adds a Kubernetes discovery source to pilot's registry, under the
 // name "kubernetes" (list it in modules.pilot.registries to set its
-// precedence). It is off unless modules.pilot.discovery.kubernetes.enabled
+// precedence). It is off unless modules.pilot-kubernetes.enabled
 // is true.
 type Module struct{}
 
