@@ -55,32 +55,14 @@ func proxyless(w workload) bool {
 	return strings.Contains(v, "grpc")
 }
 
-// selected returns the known workloads a security policy written in ns
-// with selector applies to: in ns, or in every namespace for the root
-// namespace; every workload there when the selector is empty.
-func (ix *index) selected(ns string, selector map[string]string) []workload {
+// proxylessWorkloads returns the known proxyless gRPC workloads.
+func (ix *index) proxylessWorkloads() []workload {
 	var out []workload
-	all := ns == ix.opts.RootNamespace
-	for _, list := range [][]workload{ix.weWorkloads(), ix.wgWorkloads()} {
-		for _, w := range list {
-			if (all || w.obj.Namespace == ns) && (len(selector) == 0 || selects(selector, w.labels)) {
-				out = append(out, w)
-			}
+	for _, we := range ix.we {
+		if w := (workload{we.spec.GetLabels(), we.obj}); proxyless(w) {
+			out = append(out, w)
 		}
 	}
-	return out
-}
-
-func (ix *index) weWorkloads() []workload {
-	out := make([]workload, 0, len(ix.we))
-	for _, we := range ix.we {
-		out = append(out, workload{we.spec.GetLabels(), we.obj})
-	}
-	return out
-}
-
-func (ix *index) wgWorkloads() []workload {
-	out := make([]workload, 0, len(ix.wg))
 	for _, wg := range ix.wg {
 		labels := map[string]string{}
 		for k, v := range wg.spec.GetTemplate().GetLabels() {
@@ -89,9 +71,23 @@ func (ix *index) wgWorkloads() []workload {
 		for k, v := range wg.spec.GetMetadata().GetLabels() {
 			labels[k] = v
 		}
-		out = append(out, workload{labels, wg.obj})
+		if w := (workload{labels, wg.obj}); proxyless(w) {
+			out = append(out, w)
+		}
 	}
 	return out
+}
+
+// firstSelected returns the first of ws a security policy written in ns
+// with selector applies to (in ns, or in every namespace for the root
+// namespace; every workload there when the selector is empty), or nil.
+func (ix *index) firstSelected(ws []workload, ns string, selector map[string]string) *api.Object {
+	for _, w := range ws {
+		if (ns == ix.opts.RootNamespace || w.obj.Namespace == ns) && (len(selector) == 0 || selects(selector, w.labels)) {
+			return w.obj
+		}
+	}
+	return nil
 }
 
 // grpcCannot returns why a proxyless gRPC server cannot evaluate attr (a
@@ -117,20 +113,15 @@ func grpcCannot(attr string) string {
 	return ""
 }
 
-func firstProxyless(ws []workload) *api.Object {
-	for _, w := range ws {
-		if proxyless(w) {
-			return w.obj
-		}
-	}
-	return nil
-}
-
 // checkProxylessAuthz reports what proxyless gRPC servers cannot enforce
 // of the policies that select them (GAL3017).
 func checkProxylessAuthz(ix *index, r *reporter) {
+	grpc := ix.proxylessWorkloads()
+	if len(grpc) == 0 {
+		return
+	}
 	for _, p := range ix.ap {
-		target := firstProxyless(ix.selected(p.obj.Namespace, p.spec.GetSelector().GetMatchLabels()))
+		target := ix.firstSelected(grpc, p.obj.Namespace, p.spec.GetSelector().GetMatchLabels())
 		if target == nil {
 			continue
 		}
@@ -173,7 +164,7 @@ func checkProxylessAuthz(ix *index, r *reporter) {
 		if len(p.spec.GetJwtRules()) == 0 {
 			continue
 		}
-		if target := firstProxyless(ix.selected(p.obj.Namespace, p.spec.GetSelector().GetMatchLabels())); target != nil {
+		if target := ix.firstSelected(grpc, p.obj.Namespace, p.spec.GetSelector().GetMatchLabels()); target != nil {
 			r.warnf(p.obj, api.CodeProxylessAuthz, "spec.jwtRules", "the proxyless gRPC server %s cannot verify JWTs (gRPC has no JWT filter), so requests that carry a token are denied there", nsName(target))
 		}
 	}
@@ -202,21 +193,31 @@ func (ix *index) sameWorkloads(a, b typed[*security.AuthorizationPolicy]) bool {
 // checkAuthzOverlap reports DENY rules overlapping ALLOW rules on the same
 // workloads (GAL3018), once per ALLOW rule.
 func checkAuthzOverlap(ix *index, r *reporter) {
-	var allows, denies []typed[*security.AuthorizationPolicy]
+	var allows, all []typed[*security.AuthorizationPolicy]
+	denies := map[string][]typed[*security.AuthorizationPolicy]{} // by namespace
 	for _, p := range ix.ap {
 		switch p.spec.GetAction() {
 		case security.AuthorizationPolicy_ALLOW:
 			allows = append(allows, p)
 		case security.AuthorizationPolicy_DENY:
-			denies = append(denies, p)
+			denies[p.obj.Namespace] = append(denies[p.obj.Namespace], p)
+			all = append(all, p)
 		}
 	}
+	root := ix.opts.RootNamespace
 	for _, a := range allows {
+		candidates := all // a root-namespace ALLOW may meet any DENY
+		if a.obj.Namespace != root {
+			candidates = append(slices.Clone(denies[a.obj.Namespace]), denies[root]...)
+		}
+		if len(candidates) == 0 {
+			continue
+		}
 		for i, ar := range a.spec.GetRules() {
 			path := "spec.rules[" + strconv.Itoa(i) + "]"
 			var overlap string
 			shadowed := false
-			for _, d := range denies {
+			for _, d := range candidates {
 				if !ix.sameWorkloads(a, d) {
 					continue
 				}
