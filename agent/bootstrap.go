@@ -305,13 +305,16 @@ type GRPCCertProvider struct {
 // connection), the certificate provider instance "default" (file_watcher)
 // that meshd's TLS contexts name, and the node describing the workload.
 func (a *Agent) GRPCBootstrapFor() *GRPCBootstrap {
+	// The same files, re-read as often, for both: the channel credentials
+	// (gRFC A65) build a file_watcher of their own from this config, whose
+	// default refresh (10 minutes) would outlive short certificates.
 	files := map[string]any{
 		"certificate_file":    a.files.path(FileCertChain),
 		"private_key_file":    a.files.path(FileKey),
 		"ca_certificate_file": a.files.path(FileRootCert),
+		"refresh_interval":    durationString(a.cfg.GRPCBootstrap.RefreshInterval),
 	}
 	provider := maps.Clone(files)
-	provider["refresh_interval"] = durationString(a.cfg.GRPCBootstrap.RefreshInterval)
 	md := a.workloadMeta()
 	md[xdsapi.MetaGenerator] = "grpc"
 	b := &GRPCBootstrap{

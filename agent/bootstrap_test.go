@@ -126,7 +126,8 @@ func TestGRPCBootstrap(t *testing.T) {
 		t.Errorf("provider: %+v", p)
 	}
 	s := b.XDSServers[0]
-	if s.ServerURI != "meshd.example.internal:15012" || s.ChannelCreds[0].Type != "tls" || s.ChannelCreds[0].Config["certificate_file"] != certs+"cert-chain.pem" {
+	if s.ServerURI != "meshd.example.internal:15012" || s.ChannelCreds[0].Type != "tls" || s.ChannelCreds[0].Config["certificate_file"] != certs+"cert-chain.pem" ||
+		s.ChannelCreds[0].Config["refresh_interval"] != "60s" {
 		t.Errorf("server: %+v", s)
 	}
 	if b.Node.ID != "sidecar~10.0.0.7~billing-1.shop~shop.svc.cluster.local" || b.Node.Metadata["GENERATOR"] != "grpc" ||

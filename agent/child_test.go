@@ -69,10 +69,22 @@ func verifiedPeer(ctx context.Context) (id, serial string) {
 		return "", ""
 	}
 	ti, ok := p.AuthInfo.(credentials.TLSInfo)
-	if !ok || len(ti.State.VerifiedChains) == 0 {
+	if !ok {
 		return "", ""
 	}
-	leaf := ti.State.VerifiedChains[0][0]
+	var leaf *x509.Certificate
+	switch {
+	case len(ti.State.VerifiedChains) > 0:
+		leaf = ti.State.VerifiedChains[0][0]
+	case len(ti.State.PeerCertificates) > 0 && ti.State.HandshakeComplete:
+		// grpc-go's xDS server credentials verify the client's chain
+		// against the provider's roots themselves (in
+		// VerifyPeerCertificate, failing the handshake otherwise) and leave
+		// VerifiedChains empty.
+		leaf = ti.State.PeerCertificates[0]
+	default:
+		return "", ""
+	}
 	for _, u := range leaf.URIs {
 		id = u.String()
 	}

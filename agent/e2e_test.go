@@ -24,10 +24,13 @@ import (
 )
 
 // The end-to-end test: `meshd serve` and two `meshd agent` processes (two
-// "VMs") on loopback, a proxyless gRPC server on the first VM and a client
-// on the second, each with its agent's certificates, the client's TLS and
-// routing from meshd (xds:/// with a VirtualService and an ISTIO_MUTUAL
-// DestinationRule). Assertions are on what the applications see.
+// "VMs") on loopback. VM A runs an xDS-enabled gRPC server
+// (xds.NewGRPCServer, configured by meshd: PeerAuthentication STRICT) and a
+// plain gRPC server on the agent's certificate files; its agent registers
+// both ports through a WorkloadGroup. VM B runs a proxyless client
+// (xds:///, xDS credentials) whose route comes from a VirtualService and
+// whose TLS comes from DestinationRules. Each application uses its own
+// agent's bootstrap and certificates; assertions are on what they see.
 
 // buildMeshd builds cmd/meshd (once per test process) and checks that it
 // has the modules this test needs.
@@ -213,7 +216,7 @@ spec:
   metadata: {labels: {app: echo}}
   template:
     serviceAccount: echo
-    ports: {grpc: 7070}
+    ports: {grpc: 7070, grpc-xds: 7071}
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -224,6 +227,31 @@ spec:
   resolution: STATIC
   ports: [{name: grpc, number: 7070, protocol: GRPC}]
   workloadSelector: {labels: {app: echo}}
+---
+# The same workloads' xDS-enabled server (gRFC A36), configured by meshd.
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo-xds, namespace: shop}
+spec:
+  hosts: [echo-xds.shop.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{name: grpc-xds, number: 7070, protocol: GRPC}]
+  workloadSelector: {labels: {app: echo}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo-xds, namespace: shop}
+spec:
+  host: echo-xds.shop.svc.cluster.local
+  trafficPolicy:
+    tls: {mode: ISTIO_MUTUAL}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: shop}
+spec:
+  mtls: {mode: STRICT}
 ---
 # frontend has no workloads of its own: only the VirtualService sends its
 # traffic anywhere.
@@ -244,7 +272,7 @@ spec:
   hosts: [frontend.shop.svc.cluster.local]
   http:
   - route:
-    - destination: {host: echo.shop.svc.cluster.local, port: {number: 7070}}
+    - destination: {host: echo-xds.shop.svc.cluster.local, port: {number: 7070}}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -366,17 +394,18 @@ func TestVMEndToEnd(t *testing.T) {
 	})
 
 	// VM A runs the echo server and registers it; VM B runs the client.
-	echoAddr := freeAddr(t)
+	echoAddr, xdsServerAddr := freeAddr(t), freeAddr(t)
 	_, echoPort, _ := net.SplitHostPort(echoAddr)
+	_, xdsPort, _ := net.SplitHostPort(xdsServerAddr)
 	a := writeVM(t, root, "vm-a", xdsTLS, "echo", fmt.Sprintf(`workload:
   name: echo-vm
   address: 127.0.0.1
   service: echo
   labels: {version: v1}
   workloadGroup: echo
-  ports: [{name: grpc, port: %s, protocol: GRPC}]
+  ports: [{name: grpc, port: %s, protocol: GRPC}, {name: grpc-xds, port: %s, protocol: GRPC}]
   probe: {type: grpc, tls: true, interval: 200ms, reportInterval: 1s}
-`, echoPort))
+`, echoPort, xdsPort))
 	b := writeVM(t, root, "vm-b", xdsTLS, "client", "workload:\n  name: client-vm\n  address: 127.0.0.1\n")
 	for v, id := range map[vm]string{a: "ns/shop/sa/echo", b: "ns/shop/sa/client"} {
 		if err := os.WriteFile(filepath.Join(v.dir, "join-token"), []byte(adm.token(id)+"\n"), 0o600); err != nil {
@@ -385,7 +414,7 @@ func TestVMEndToEnd(t *testing.T) {
 	}
 	a.agent = startProc(t, "agent vm-a", a.dir, nil, bin, "agent", "-c", "agent.yaml")
 	b.agent = startProc(t, "agent vm-b", b.dir, nil, bin, "agent", "-c", "agent.yaml")
-	waitFile(t, filepath.Join(a.certs(), FileKey), a.agent)
+	waitFile(t, filepath.Join(a.dir, "data", "grpc-bootstrap.json"), a.agent)
 	waitFile(t, filepath.Join(b.dir, "data", "grpc-bootstrap.json"), b.agent)
 	// The tokens are spent: from now on the agents live on their certificates.
 	os.Remove(filepath.Join(a.dir, "join-token"))
@@ -402,7 +431,7 @@ func TestVMEndToEnd(t *testing.T) {
 	cl := &client{t: t, in: cp.stdin, out: bufio.NewScanner(clientOutR)}
 	// An xDS-enabled gRPC server (gRFC A36) on VM A asks meshd for its
 	// inbound listener by the bootstrap's server_listener template.
-	xdsServerOut, xdsServerAddr := &syncBuffer{}, freeAddr(t)
+	xdsServerOut := &syncBuffer{}
 	startProcIO(t, "xds server (vm-a)", root, []string{envChild + "=server", envXDS + "=1", envAddr + "=" + xdsServerAddr,
 		"GRPC_XDS_BOOTSTRAP=" + filepath.Join(a.dir, "data", "grpc-bootstrap.json")}, true, xdsServerOut, self, "-test.run=^$")
 
@@ -430,18 +459,36 @@ func TestVMEndToEnd(t *testing.T) {
 		}
 	}))
 
-	must(t.Run("mTLS through a VirtualService", func(t *testing.T) {
-		res := cl.run(loadCmd{Target: target, N: 20, WaitForReady: true, Timeout: 20 * time.Second})
-		if res.Failed > 0 || res.OK != 20 {
+	// check asserts a batch went through with the expected identities on
+	// both sides.
+	check := func(t *testing.T, res *loadResult, n int) {
+		t.Helper()
+		if res.Failed > 0 || res.OK != n {
 			t.Fatalf("%d ok, %d failed: %v", res.OK, res.Failed, res.Errors)
 		}
-		if len(res.ServerIDs) != 1 || res.ServerIDs[echoID] != 20 {
+		if len(res.ServerIDs) != 1 || res.ServerIDs[echoID] != n {
 			t.Errorf("client saw server identities %v, want %s", res.ServerIDs, echoID)
 		}
-		if len(res.PeerIDs) != 1 || res.PeerIDs[clientID] != 20 {
+		if len(res.PeerIDs) != 1 || res.PeerIDs[clientID] != n {
 			t.Errorf("server saw client identities %v, want %s", res.PeerIDs, clientID)
 		}
+	}
+
+	must(t.Run("proxyless server and client over mTLS through a VirtualService", func(t *testing.T) {
+		// The server's side is meshd's too (PeerAuthentication STRICT,
+		// certificates from the bootstrap's provider): grpc-go's
+		// xds.NewGRPCServer serves once meshd sends its inbound listener.
+		eventually(t, 30*time.Second, "xds.NewGRPCServer serving", func() bool { return strings.Contains(xdsServerOut.String(), `"mode":"SERVING"`) })
+		// frontend has no endpoints: only the VirtualService gets these
+		// RPCs anywhere.
+		check(t, cl.run(loadCmd{Target: target, N: 20, WaitForReady: true, Timeout: 20 * time.Second}), 20)
 	}))
+
+	t.Run("plain gRPC server with the agent's files", func(t *testing.T) {
+		// An application that is not xDS-enabled on the server side uses
+		// the certificate files directly.
+		check(t, cl.run(loadCmd{Target: "xds:///echo.shop.svc.cluster.local:7070", N: 20, WaitForReady: true, Timeout: 20 * time.Second}), 20)
+	})
 
 	t.Run("certificates renew under load", func(t *testing.T) {
 		// 6 s certificates renew every 3 to 5 s on both VMs; new
@@ -493,19 +540,6 @@ func TestVMEndToEnd(t *testing.T) {
 		if _, ok := adm.workload("shop/echo-vm"); !ok {
 			t.Fatal("echo-vm deregistered across a restart shorter than the grace period")
 		}
-	})
-
-	t.Run("proxyless xDS server", func(t *testing.T) {
-		// Started with the others (grpc-go takes 15 s to give up on a
-		// resource meshd does not send); see xdsServer above.
-		eventually(t, 30*time.Second, "serving mode reported", func() bool { return xdsServerOut.String() != "" })
-		var mode map[string]string
-		_ = json.Unmarshal([]byte(strings.SplitN(xdsServerOut.String(), "\n", 2)[0]), &mode)
-		if mode["mode"] != "SERVING" {
-			t.Skipf("meshd serves no inbound listener for proxyless servers yet (issue 11): xds.NewGRPCServer on %s reports %s: %s; "+
-				"it asks for Listener %q", xdsServerAddr, mode["mode"], mode["error"], "xds.istio.io/grpc/lds/inbound/"+xdsServerAddr)
-		}
-		t.Logf("xDS server serving: %v", mode)
 	})
 
 	t.Run("deregistered after the grace period", func(t *testing.T) {
