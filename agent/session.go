@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
 
 	"github.com/meshd/meshd/modules/pilot/autoregister/healthpb"
 	"github.com/meshd/meshd/modules/pilot/generate"
@@ -138,6 +139,9 @@ func (a *Agent) reportHealth(ctx context.Context, restart context.CancelCauseFun
 			cancel()
 			switch {
 			case ctx.Err() != nil:
+				return
+			case status.Code(err) == codes.Unimplemented:
+				a.log.Error("meshd does not take registrations (its autoregister module is off); workload.workloadGroup has no effect", "error", err)
 				return
 			case err != nil:
 				a.log.Warn("health report failed", "error", err)
