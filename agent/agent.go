@@ -128,10 +128,17 @@ func New(cfg *Config, opts Options) (*Agent, error) {
 // Run starts the agent and runs it until ctx ends. It returns an
 // *ExitError for problems restarting cannot fix.
 func (a *Agent) Run(ctx context.Context) error {
-	if err := os.MkdirAll(a.cfg.DataDir, 0o700); err != nil {
+	// Owner only, unless the certificate files are shared with the group,
+	// which must then be able to reach them. The socket and state file
+	// are 0600 either way.
+	dirMode := os.FileMode(0o700)
+	if a.cfg.Files.ShareWithGroup {
+		dirMode = 0o750
+	}
+	if err := os.MkdirAll(a.cfg.DataDir, dirMode); err != nil {
 		return fatal(fmt.Errorf("dataDir: %w", err))
 	}
-	if err := os.Chmod(a.cfg.DataDir, 0o700); err != nil {
+	if err := os.Chmod(a.cfg.DataDir, dirMode); err != nil {
 		return fatal(fmt.Errorf("dataDir: %w", err))
 	}
 	a.log.Info("meshd agent starting", "version", a.version, "identity", a.cfg.SPIFFEID(), "workload", a.cfg.Workload.Name,

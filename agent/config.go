@@ -22,7 +22,7 @@ type Config struct {
 	ControlPlane  ControlPlaneConfig  `mapstructure:"controlPlane"`
 	Identity      IdentityConfig      `mapstructure:"identity"`
 	Workload      WorkloadConfig      `mapstructure:"workload"`
-	DataDir       string              `mapstructure:"dataDir" doc:"where the agent keeps its key, certificates, bootstrap files and SDS socket (0700)"`
+	DataDir       string              `mapstructure:"dataDir" doc:"where the agent keeps its key, certificates, bootstrap files and SDS socket (0700; 0750 with files.shareWithGroup)"`
 	Files         FilesConfig         `mapstructure:"files"`
 	SDS           SDSConfig           `mapstructure:"sds"`
 	Envoy         EnvoyConfig         `mapstructure:"envoy"`
