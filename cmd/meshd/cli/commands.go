@@ -6,6 +6,7 @@ import (
 	"github.com/meshd/meshd/agent"
 	"github.com/meshd/meshd/core"
 	"github.com/meshd/meshd/core/plugin/plugincmd"
+	"github.com/meshd/meshd/modules/citadel/cacmd"
 	"github.com/meshd/meshd/modules/galley/galleycli"
 	"github.com/meshd/meshd/modules/galley/validatecmd"
 	"github.com/meshd/meshd/xds/statuscmd"
@@ -19,6 +20,7 @@ func moduleCommands() []*cobra.Command {
 		validatecmd.NewValidateCommandWithMesh(meshFromConfig),
 		plugincmd.NewPluginsCommand(),
 		statuscmd.NewStatusCommand(),
+		cacmd.NewCommand(),
 		agent.NewAgentCommand(),
 	}
 }

@@ -9,6 +9,7 @@ import (
 	_ "github.com/meshd/meshd/modules/galley"
 	_ "github.com/meshd/meshd/modules/galley/pluginvalidator"
 	_ "github.com/meshd/meshd/modules/pilot"
+	_ "github.com/meshd/meshd/modules/pilot/autoregister"
 	_ "github.com/meshd/meshd/modules/pilot/registry/pluginsource"
 	_ "github.com/meshd/meshd/modules/telemetry"
 	_ "github.com/meshd/meshd/modules/telemetry/pluginsink"
