@@ -63,6 +63,12 @@ type conn struct {
 
 	types map[string]*connType // guarded by xdsCache.mu
 
+	// mu guards what its connTypes record about sending (sentSnap and the
+	// subscription flags), so a stream writing its response does not wait
+	// for the cache lock a push holds while it fans out. Lock order:
+	// xdsCache.mu, then conn.mu.
+	mu sync.Mutex
+
 	// pending links the response go-control-plane is about to send to the
 	// wrapper's Send; both run on the stream's goroutine.
 	pending pendingSend
@@ -78,7 +84,8 @@ type pendingSend struct {
 	delta    *deltaResp
 }
 
-// connType is one stream's state for one type. Guarded by xdsCache.mu.
+// connType is one stream's state for one type. The first fields are
+// guarded by xdsCache.mu, the rest by conn.mu.
 type connType struct {
 	c     *conn
 	ts    *typeState
@@ -238,19 +245,33 @@ func (x *xdsCache) joinGroup(ct *connType, key string) {
 	ct.group = g
 }
 
-// connType returns c's state for ts, keyed and with a generated snapshot if
-// the generator can make one. It may generate, so it must not be called
-// with mu held.
-func (x *xdsCache) connType(ctx context.Context, c *conn, ts *typeState) *connType {
+// watchFor finds the stream and its state for typeURL, keyed and with a
+// generated snapshot if the generator can make one, and returns with mu
+// held (unless it returns nil: unknown type, closed stream, or an error).
+// It may generate, which happens outside mu.
+func (x *xdsCache) watchFor(node *corev3.Node, typeURL string) (*connType, error) {
 	x.mu.Lock()
-	ct := x.keyed(c, ts)
-	ready := ct != nil && ct.group.snap != nil
-	x.mu.Unlock()
-	if ct == nil || ready {
-		return ct
+	c, ts := x.conns[node], x.types[typeURL]
+	if c == nil {
+		x.mu.Unlock()
+		return nil, status.Error(codes.Internal, "xds: stream not registered")
 	}
-	x.generateFor(ctx, c, ts)
-	return ct
+	if ts == nil { // nobody generates this type: a watch that never answers
+		x.mu.Unlock()
+		return nil, nil
+	}
+	ct := x.keyed(c, ts)
+	if ct != nil && ct.group.snap == nil {
+		x.mu.Unlock()
+		x.generateFor(x.s.ctx, c, ts)
+		x.mu.Lock()
+		ct = x.keyed(c, ts)
+	}
+	if ct == nil {
+		x.mu.Unlock()
+		return nil, nil
+	}
+	return ct, nil
 }
 
 // keyed returns c's connType for ts with a current key, computing the key
@@ -446,6 +467,8 @@ func (x *xdsCache) publish(g *group, snap *snapshot) {
 
 // respond sends w its response if one is due. Caller holds mu.
 func (x *xdsCache) respond(ct *connType, w *watch, pushed bool) bool {
+	ct.c.mu.Lock()
+	defer ct.c.mu.Unlock()
 	if w.ch != nil {
 		r := x.sotwResponse(ct, w)
 		if r == nil {
@@ -483,15 +506,7 @@ func deliver[T any](c *conn, ch chan T, v T) {
 
 // CreateWatch implements cache.ConfigWatcher for state-of-the-world streams.
 func (x *xdsCache) CreateWatch(req *cache.Request, sub cache.Subscription, ch chan cache.Response) (func(), error) {
-	c, ts, err := x.lookup(req.GetNode(), req.GetTypeUrl())
-	if err != nil || ts == nil {
-		return func() {}, err
-	}
-	ct := x.connType(x.s.ctx, c, ts)
-	if ct == nil {
-		return func() {}, nil
-	}
-	w := &watch{ct: ct, sub: sub, req: slimRequest(req), ch: ch, wild: sub.IsWildcard(), names: sub.SubscribedResources()}
+	w := &watch{sub: sub, req: slimRequest(req), ch: ch, wild: sub.IsWildcard(), names: sub.SubscribedResources()}
 	var set *subSet
 	var h uint64
 	if !w.wild {
@@ -501,38 +516,35 @@ func (x *xdsCache) CreateWatch(req *cache.Request, sub cache.Subscription, ch ch
 			h = subHash(w.names)
 		}
 	}
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	if c.types == nil {
-		return func() {}, nil
+	ct, err := x.watchFor(req.GetNode(), req.GetTypeUrl())
+	if ct == nil {
+		return func() {}, err
 	}
+	defer x.mu.Unlock()
+	w.ct = ct
+	ct.c.mu.Lock()
 	if !ct.subKnown || set != ct.subSet || h != ct.subHash {
 		ct.subHash, ct.subSet, ct.subKnown, ct.forceAll = h, set, true, true
 	}
+	ct.c.mu.Unlock()
 	return x.open(ct, w), nil
 }
 
 // CreateDeltaWatch implements cache.ConfigWatcher for delta streams.
 func (x *xdsCache) CreateDeltaWatch(req *cache.DeltaRequest, sub cache.Subscription, ch chan cache.DeltaResponse) (func(), error) {
-	c, ts, err := x.lookup(req.GetNode(), req.GetTypeUrl())
-	if err != nil || ts == nil {
-		return func() {}, err
-	}
-	ct := x.connType(x.s.ctx, c, ts)
-	if ct == nil {
-		return func() {}, nil
-	}
-	w := &watch{ct: ct, sub: sub, dr: &discovery.DeltaDiscoveryRequest{TypeUrl: req.GetTypeUrl()}, dch: ch,
+	w := &watch{sub: sub, dr: &discovery.DeltaDiscoveryRequest{TypeUrl: req.GetTypeUrl()}, dch: ch,
 		wild: sub.IsWildcard(), names: sub.SubscribedResources()}
 	set, shared := x.s.subs.lookup(w.names)
 	if shared {
 		w.names = set.names
 	}
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	if c.types == nil {
-		return func() {}, nil
+	ct, err := x.watchFor(req.GetNode(), req.GetTypeUrl())
+	if ct == nil {
+		return func() {}, err
 	}
+	defer x.mu.Unlock()
+	w.ct = ct
+	ct.c.mu.Lock()
 	if slices.Contains(req.GetResourceNamesSubscribe(), "*") {
 		ct.rescan = true
 	}
@@ -566,6 +578,7 @@ func (x *xdsCache) CreateDeltaWatch(req *cache.DeltaRequest, sub cache.Subscript
 	if shared || len(w.names) == 0 {
 		ct.subSet = set
 	}
+	ct.c.mu.Unlock()
 	return x.open(ct, w), nil
 }
 
@@ -591,16 +604,6 @@ func (x *xdsCache) open(ct *connType, w *watch) func() {
 	}
 }
 
-func (x *xdsCache) lookup(node *corev3.Node, typeURL string) (*conn, *typeState, error) {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	c := x.conns[node]
-	if c == nil {
-		return nil, nil, status.Error(codes.Internal, "xds: stream not registered")
-	}
-	return c, x.types[typeURL], nil
-}
-
 // slimRequest keeps what a response needs of its request: the type URL.
 // go-control-plane only reads that, and a request can carry thousands of
 // names a parked watch would otherwise pin.
@@ -623,11 +626,11 @@ func subHash(names map[string]struct{}) uint64 {
 // the stream's goroutine right before the write, so a response go-control-
 // plane drops (a newer request came first) never counts as sent.
 func (x *xdsCache) markSent(ct *connType, snap *snapshot) {
-	x.mu.Lock()
+	ct.c.mu.Lock()
 	ct.sentSnap = snap
 	ct.everSent = true
 	ct.forceAll, ct.force, ct.rescan = false, nil, false
-	x.mu.Unlock()
+	ct.c.mu.Unlock()
 }
 
 // sotwResp is a state-of-the-world response, encoded only if it is sent.
@@ -672,7 +675,8 @@ func (r *sotwResp) count() int {
 	return len(r.sel)
 }
 
-// sotwResponse decides what a state-of-the-world watch is owed. Caller holds mu.
+// sotwResponse decides what a state-of-the-world watch is owed. Caller
+// holds mu and ct.c.mu.
 //
 // LDS and CDS responses carry every subscribed resource (the protocol says
 // a missing one is deleted), and are skipped when none of those changed.
@@ -841,7 +845,7 @@ func (r *deltaResp) count() int {
 // after a reconnect, "" after an unsubscribe) or else sentSnap's. After the
 // first response only the names changed since sentSnap are looked at, so
 // an endpoint change costs the same per proxy whatever the mesh size.
-// Caller holds mu.
+// Caller holds mu and ct.c.mu.
 func (x *xdsCache) deltaResponse(ct *connType, w *watch) *deltaResp {
 	snap := ct.group.snap
 	if snap == nil {

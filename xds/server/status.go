@@ -236,7 +236,9 @@ func (s *Server) ConfigDump(id string) (out []byte, found bool, err error) {
 		slices.SortFunc(urls, compareTypes)
 		for _, url := range urls {
 			ct := c.types[url]
+			c.mu.Lock()
 			snap := ct.sentSnap
+			c.mu.Unlock()
 			if snap == nil {
 				continue
 			}
