@@ -249,20 +249,28 @@ func loadState(b *bolt.Bucket) (*caState, error) {
 
 func saveState(b *bolt.Bucket, s *caState) error { return putJSON(b, keyState, s) }
 
-func loadRoot(b *bolt.Bucket, id string) (*rootRecord, error) {
-	roots, err := sub(b, bucketRoots)
+// getRecord decodes key of child bucket name; missing is returned, naming
+// the key, when there is none.
+func getRecord[T any](b *bolt.Bucket, name []byte, key string, missing error) (*T, error) {
+	child, err := sub(b, name)
 	if err != nil {
 		return nil, err
 	}
-	var r rootRecord
-	ok, err := getJSON(roots, []byte(id), &r)
+	var v T
+	ok, err := getJSON(child, []byte(key), &v)
 	if err != nil {
 		return nil, err
 	}
 	if !ok {
-		return nil, fmt.Errorf("root %s is missing from the store", id)
+		return nil, fmt.Errorf("%w: %s", missing, key)
 	}
-	return &r, nil
+	return &v, nil
+}
+
+var errRootMissing = errors.New("root missing from the store")
+
+func loadRoot(b *bolt.Bucket, id string) (*rootRecord, error) {
+	return getRecord[rootRecord](b, bucketRoots, id, errRootMissing)
 }
 
 // prune deletes ledger records and join tokens that expired

@@ -136,22 +136,14 @@ func listTokens(b *bolt.Bucket, all bool, now time.Time) ([]TokenInfo, error) {
 }
 
 func revokeToken(b *bolt.Bucket, id string, now time.Time) error {
-	tokens, err := sub(b, bucketTokens)
+	rec, err := getRecord[tokenRecord](b, bucketTokens, id, ErrTokenNotFound)
 	if err != nil {
 		return err
-	}
-	var rec tokenRecord
-	ok, err := getJSON(tokens, []byte(id), &rec)
-	if err != nil {
-		return err
-	}
-	if !ok {
-		return fmt.Errorf("%w: %s", ErrTokenNotFound, id)
 	}
 	if rec.Revoked.IsZero() {
 		rec.Revoked = now.UTC()
 	}
-	return putJSON(tokens, []byte(id), &rec)
+	return putJSON(b.Bucket(bucketTokens), []byte(id), rec)
 }
 
 // tokenAuthenticator accepts a join token sent as a bearer token.
@@ -188,8 +180,7 @@ func (a *tokenAuthenticator) Authenticate(_ context.Context, in *AuthInput) (*Ca
 		}
 		rec.Used++
 		rec.LastUsed = a.now().UTC()
-		tokens, _ := sub(b, bucketTokens)
-		return putJSON(tokens, []byte(id), rec)
+		return putJSON(b.Bucket(bucketTokens), []byte(id), rec)
 	}
 	return &Caller{Identity: rec.Identity, Authenticator: a.Name(), Credential: "token " + id, Spend: spend}, nil
 }
@@ -197,17 +188,9 @@ func (a *tokenAuthenticator) Authenticate(_ context.Context, in *AuthInput) (*Ca
 // check finds token id and refuses it unless secret matches and it is
 // active. The reasons go to the log only.
 func (a *tokenAuthenticator) check(b *bolt.Bucket, id, secret string) (*tokenRecord, error) {
-	tokens, err := sub(b, bucketTokens)
+	rec, err := getRecord[tokenRecord](b, bucketTokens, id, ErrTokenNotFound)
 	if err != nil {
 		return nil, err
-	}
-	var rec tokenRecord
-	ok, err := getJSON(tokens, []byte(id), &rec)
-	if err != nil {
-		return nil, err
-	}
-	if !ok {
-		return nil, fmt.Errorf("%w: %s", ErrTokenNotFound, id)
 	}
 	if subtle.ConstantTimeCompare(rec.Hash, hashSecret(secret)) != 1 {
 		return nil, fmt.Errorf("join token %s: wrong secret", id)
@@ -215,5 +198,5 @@ func (a *tokenAuthenticator) check(b *bolt.Bucket, id, secret string) (*tokenRec
 	if st := rec.state(a.now()); st != "active" {
 		return nil, fmt.Errorf("join token %s is %s", id, st)
 	}
-	return &rec, nil
+	return rec, nil
 }
