@@ -92,7 +92,7 @@ func StartKube(t testing.TB) *KubeAPI {
 		"--tls-private-key-file=" + filepath.Join(dir, "serving.key"),
 		"--client-ca-file=" + k.CAFile,
 		"--service-account-issuer=" + KubeIssuer,
-		"--service-account-key-file=" + filepath.Join(dir, "sa.key"),
+		"--service-account-key-file=" + filepath.Join(dir, "sa.pub"),
 		"--service-account-signing-key-file=" + filepath.Join(dir, "sa.key"),
 		"--service-cluster-ip-range=10.96.0.0/16",
 		"--authorization-mode=RBAC",
@@ -172,6 +172,11 @@ func (k *KubeAPI) makePKI(t testing.TB) {
 		t.Fatal(err)
 	}
 	writeFile(t, filepath.Join(k.Dir, "sa.key"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: saDER}))
+	pubDER, err := x509.MarshalPKIXPublicKey(saKey.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(k.Dir, "sa.pub"), pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}))
 
 	k.Kubeconfig = filepath.Join(k.Dir, "kubeconfig")
 	k.writeKubeconfig(t, k.Kubeconfig, "admin",
