@@ -169,7 +169,10 @@ func TestRealAPIServer(t *testing.T) {
 	if denial == nil || !strings.Contains(denial.Error(), "spec.http[0].timeout") || !strings.Contains(denial.Error(), "70000") {
 		t.Fatalf("invalid VirtualService not refused by the webhook with its findings: %v", denial)
 	}
-	if _, err := vs.Create(ctx, vsObject(t, "good", goodSpec), metav1.CreateOptions{}); err != nil {
+	// Written as v1beta1; the source reads it back as v1.
+	v1beta1 := vsGVR
+	v1beta1.Version = "v1beta1"
+	if _, err := c.Dynamic.Resource(v1beta1).Namespace("shop").Create(ctx, vsObject(t, "good", goodSpec), metav1.CreateOptions{}); err != nil {
 		t.Fatalf("valid VirtualService refused: %v", err)
 	}
 
