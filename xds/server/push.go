@@ -43,9 +43,16 @@ func (s *Server) Push(req api.PushRequest) {
 // rolling, a file saved twice) becomes one push, and a steady trickle cannot
 // postpone pushes forever. Requests arriving during a push are merged and
 // debounced for the next one.
+//
+// One exception: an incremental push (endpoints, say) that arrives after a
+// quiet spell goes at once. Such pushes are cheap and their latency is what
+// keeps traffic off dead endpoints; if more changes follow, they are merged
+// and wait for the quiet window as usual, so a burst costs one extra small
+// push, not one push per change.
 func (s *Server) pushLoop(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
+	var lastPush time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -55,7 +62,11 @@ func (s *Server) pushLoop(ctx context.Context) {
 		for s.opts.DebounceQuiet > 0 {
 			s.pq.mu.Lock()
 			first, last := s.pq.first, s.pq.last
+			leading := s.pq.pending != nil && !s.pq.pending.Full && first.Sub(lastPush) >= s.opts.DebounceQuiet && first == last
 			s.pq.mu.Unlock()
+			if leading {
+				break
+			}
 			now := time.Now()
 			wait := min(last.Add(s.opts.DebounceQuiet).Sub(now), first.Add(s.opts.DebounceMax).Sub(now))
 			if wait <= 0 {
@@ -80,6 +91,7 @@ func (s *Server) pushLoop(ctx context.Context) {
 		}
 		s.m.debounce.Observe(time.Since(first).Seconds())
 		s.cache.push(ctx, *req, first)
+		lastPush = time.Now()
 	}
 }
 

@@ -559,3 +559,36 @@ func TestBadInput(t *testing.T) {
 		})
 	}
 }
+
+// TestIncrementalPushLeadingEdge: an endpoint change after a quiet spell is
+// pushed at once, not after the quiet window; a burst that follows is
+// merged into one more push.
+func TestIncrementalPushLeadingEdge(t *testing.T) {
+	s := xdstest.NewServer(t, server.Options{DebounceQuiet: 500 * time.Millisecond, DebounceMax: 2 * time.Second})
+	eds := &xdstest.Generator{}
+	eds.Set("", cla("a", 1))
+	must(t, s.RegisterGenerator(api.EndpointType, eds))
+	c := xdstest.NewDelta(t, xdstest.Dial(t, s.Addr), xdstest.Node("p", "ns"))
+	c.Subscribe(api.EndpointType, "*")
+	c.Ack(c.Recv(wait))
+	time.Sleep(600 * time.Millisecond) // a quiet spell
+	before, _ := eds.Calls()
+
+	eds.Set("", cla("a", 2))
+	start := time.Now()
+	s.Push(api.EndpointPush("test", "a"))
+	c.Ack(c.Recv(wait))
+	if d := time.Since(start); d > 300*time.Millisecond {
+		t.Errorf("isolated endpoint change took %v, want well under the 500 ms quiet window", d)
+	}
+	for i := range 10 {
+		eds.Set("", cla("a", uint32(10+i)))
+		s.Push(api.EndpointPush("burst", "a"))
+		time.Sleep(5 * time.Millisecond)
+	}
+	c.Ack(c.Recv(wait))
+	c.None(700 * time.Millisecond)
+	if after, _ := eds.Calls(); after-before != 2 {
+		t.Errorf("one change then a burst of 10 ran %d generations, want 2", after-before)
+	}
+}
