@@ -116,10 +116,11 @@ type Result struct {
 
 	// Per op: wall from the trigger to the last proxy's ACK (median and
 	// best), server CPU seconds (median), bytes the server wrote.
-	WallSeconds     float64 `json:"wallSeconds"`
-	WallBestSeconds float64 `json:"wallBestSeconds"`
-	CPUSeconds      float64 `json:"cpuSeconds"`
-	BytesSent       int64   `json:"bytesSent"`
+	WallSeconds     float64   `json:"wallSeconds"`
+	WallBestSeconds float64   `json:"wallBestSeconds"`
+	OpWallSeconds   []float64 `json:"opWallSeconds"` // every op, in order
+	CPUSeconds      float64   `json:"cpuSeconds"`
+	BytesSent       int64     `json:"bytesSent"`
 	// Latency percentiles over every proxy and op (trigger to ACK).
 	P50Millis float64 `json:"p50Millis"`
 	P99Millis float64 `json:"p99Millis"`
@@ -453,6 +454,7 @@ func summarize(r *Result, ops []op) {
 		r.DriverCPUSeconds += o.driver
 	}
 	r.WallSeconds, r.WallBestSeconds, r.CPUSeconds = median(walls), slices.Min(walls), median(cpus)
+	r.OpWallSeconds = walls
 	r.BytesSent = bytes / int64(len(ops))
 	r.DriverCPUSeconds /= float64(len(ops))
 	slices.Sort(lat)
