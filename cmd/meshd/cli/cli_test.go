@@ -126,7 +126,7 @@ func TestConfigPrintRedactsSecrets(t *testing.T) {
 		}
 		for _, f := range config.Fields(info.Config(), "modules."+string(info.ID)) {
 			if f.Secret && f.Type == "string" {
-				env["MESHD_MODULES_"+strings.ToUpper(string(info.ID))+"_ENABLED"] = "true"
+				env[config.EnvVar("modules."+string(info.ID)+".enabled")] = "true"
 				env[f.EnvVar()] = "s3cr3t-" + f.Path
 			}
 		}
