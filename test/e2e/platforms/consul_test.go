@@ -1,6 +1,7 @@
 package platforms
 
 import (
+	"fmt"
 	"io"
 	"log"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshd/meshd/internal/testservers"
+	"github.com/meshd/meshd/test/e2e"
 )
 
 // countingProxy forwards to Consul and counts requests, so a test can see
@@ -144,4 +146,94 @@ func TestConsul(t *testing.T) {
 			t.Errorf("/debug/consulz lacks the orders watch:\n%s", body)
 		}
 	})
+}
+
+// procCPU returns a process's CPU time (user + system) from /proc.
+func procCPU(t *testing.T, pid int) time.Duration {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		t.Skipf("no /proc: %v", err)
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
+// TestConsulIdleBinary runs the real meshd binary (`meshd serve`) beside a
+// real Consul agent holding 30 services with health checks, and measures
+// the meshd process alone: while Consul is idle it makes no requests and
+// its CPU stays flat; when a check flaps, it wakes, follows, and settles.
+func TestConsulIdleBinary(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end: builds meshd, real Consul agent")
+	}
+	agent := testservers.StartConsul(t)
+	cc, err := api.NewClient(&api.Config{Address: agent.HTTPAddr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := newBackend(t, "svc")
+	const services = 30
+	for i := range services {
+		register(t, cc, fmt.Sprintf("svc-%02d-1", i), fmt.Sprintf("svc-%02d", i), b, map[string]string{"protocol": "grpc"})
+	}
+	proxy, requests := countingProxy(t, agent.HTTPAddr)
+	srv := e2e.Start(t, e2e.Options{Config: fmt.Sprintf(`
+modules:
+  pilot:
+    registries: [config, consul]
+  pilot-consul:
+    enabled: true
+    address: %s
+`, proxy)})
+	srv.WaitReady(t, 60*time.Second)
+	pid := srv.Cmd.Process.Pid
+
+	// Every watch parked: the catalog and one per service.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, body := srv.Get(t, "/debug/consulz")
+		if strings.Count(body, `"path": "/v1/health/service/svc-`) == services {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("watches not all up:\n%s", body)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(time.Second)
+
+	req0, cpu0, wall0 := requests.Load(), procCPU(t, pid), time.Now()
+	time.Sleep(5 * time.Second)
+	reqs, cpu, wall := requests.Load()-req0, procCPU(t, pid)-cpu0, time.Since(wall0)
+	t.Logf("idle: %d services, %s window: %d requests to Consul, meshd CPU %s (%.2f%% of a core)",
+		services, wall.Round(time.Millisecond), reqs, cpu, 100*cpu.Seconds()/wall.Seconds())
+	if reqs != 0 {
+		t.Errorf("meshd made %d requests to an idle Consul", reqs)
+	}
+	if cpu > 100*time.Millisecond {
+		t.Errorf("meshd used %s CPU in %s with Consul idle; want flat (< 100ms)", cpu, wall)
+	}
+
+	// A flapping check wakes one watch per change, no more.
+	req0 = requests.Load()
+	for i := range 10 {
+		status := api.HealthCritical
+		if i%2 == 1 {
+			status = api.HealthPassing
+		}
+		if err := cc.Agent().UpdateTTL("check-svc-07-1", "flap", status); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond)
+	flapReqs := requests.Load() - req0
+	t.Logf("10 check flips: %d requests to Consul", flapReqs)
+	if flapReqs < 10 || flapReqs > 30 {
+		t.Errorf("10 check flips cost %d requests; want about one per flip on the one watch", flapReqs)
+	}
 }
