@@ -165,16 +165,6 @@ func (x *xdsCache) register(typeURL string, g api.Generator) error {
 	return nil
 }
 
-// orderedTypes returns the registered types in push order. Caller holds mu.
-func (x *xdsCache) orderedTypes() []*typeState {
-	out := make([]*typeState, 0, len(x.types))
-	for _, ts := range x.types {
-		out = append(out, ts)
-	}
-	slices.SortFunc(out, func(a, b *typeState) int { return a.order - b.order })
-	return out
-}
-
 func (x *xdsCache) typeState(url string) *typeState {
 	x.mu.Lock()
 	defer x.mu.Unlock()
