@@ -288,6 +288,11 @@ func (m *Module) RegisterService(fn func(grpc.ServiceRegistrar), tlsOnly bool) e
 // Statuses implements api.StatusSource.
 func (m *Module) Statuses() []api.ProxyStatus { return m.srv.Statuses() }
 
+// AckedVersions implements api.StatusSource.
+func (m *Module) AckedVersions(typeURL, name string) []string {
+	return m.srv.AckedVersions(typeURL, name)
+}
+
 // EnableTLS implements api.TLSEnabler. It binds modules.xds.tlsAddress now;
 // Run serves it.
 func (m *Module) EnableTLS(cfg *tls.Config) error {

@@ -37,10 +37,8 @@ type trustSnapshot struct {
 	// serverTLS is the listener config for this bundle, handed out per
 	// handshake by GetConfigForClient.
 	serverTLS *tls.Config
-	// secret is the SDS ROOTCA resource, sdsVersion the version the xDS
-	// server gives it.
-	secret     *tlsv3.Secret
-	sdsVersion string
+	// secret is the SDS ROOTCA resource.
+	secret *tlsv3.Secret
 }
 
 func newSnapshot(signer *ca.Authority, roots []*x509.Certificate, version uint64, phase Phase, stagedTTL time.Duration,
@@ -62,7 +60,6 @@ func newSnapshot(signer *ca.Authority, roots []*x509.Certificate, version uint64
 		t.bundlePEM = append(t.bundlePEM, ca.EncodeCertPEM(r.Raw)...)
 	}
 	t.secret = rootCASecret(t.bundlePEM)
-	t.sdsVersion, _ = sdsVersion(t.secret)
 	chain := signer.ChainPEM()
 	t.tail = append(slices.Clone(chain[:len(chain)-1]), string(t.bundlePEM))
 	t.serverTLS = &tls.Config{

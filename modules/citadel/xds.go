@@ -5,13 +5,9 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"sync"
 	"sync/atomic"
 
-	"github.com/cespare/xxhash/v2"
-	"github.com/meshd/meshd/modules/citadel/ca"
 	xapi "github.com/meshd/meshd/xds/api"
-	"google.golang.org/protobuf/proto"
 )
 
 // xdsServer is the part of the xDS module citadel uses, declared here by
@@ -28,11 +24,6 @@ type xdsServer interface {
 // xdsLink is how the CA follows and feeds the xDS server.
 type xdsLink struct {
 	srv xdsServer
-
-	mu sync.Mutex
-	// versions maps the version the xDS server gives the SDS set of a
-	// bundle to that bundle's version, so acknowledgements can be read.
-	versions map[string]uint64
 }
 
 // attach wires the CA into the xDS server: the TLS config of :15012, the
@@ -47,70 +38,29 @@ func (m *Module) attach(x xdsServer) error {
 	if err := x.RegisterGenerator(xapi.SecretType, sdsGenerator{&m.trust}); err != nil {
 		return fmt.Errorf("register the SDS generator: %w", err)
 	}
-	l := &xdsLink{srv: x, versions: map[string]uint64{}}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.xds = l
-	// Learn the SDS versions of the recent bundles, so proxies that
-	// acknowledged one before a restart are counted right.
-	for v, ids := range m.state.Bundles {
-		var pem []byte
-		for _, id := range ids {
-			c, err := m.rootCert(id)
-			if err != nil {
-				m.log.Warn("cannot rebuild an earlier trust bundle; proxies still on it show as unknown", "bundleVersion", v, "error", err)
-				pem = nil
-				break
-			}
-			pem = append(pem, ca.EncodeCertPEM(c.Raw)...)
-		}
-		if pem != nil {
-			if sv, err := sdsVersion(rootCASecret(pem)); err == nil {
-				l.versions[sv] = v
-			}
-		}
-	}
-	l.versions[m.trust.Load().sdsVersion] = m.trust.Load().version
+	m.xds = &xdsLink{srv: x}
 	return nil
 }
 
 // bundleChanged pushes the new ROOTCA to every proxy subscribed to it.
-func (l *xdsLink) bundleChanged(t *trustSnapshot) {
-	l.mu.Lock()
-	l.versions[t.sdsVersion] = t.version
-	l.mu.Unlock()
+func (l *xdsLink) bundleChanged(*trustSnapshot) {
 	l.srv.Push(xapi.PushRequest{Updates: map[string][]string{xapi.SecretType: {SDSRootName}}, Reason: "cert"})
 }
 
 // proxyBundles returns, for each connected stream that subscribed to SDS,
-// the bundle version it acknowledged (0: none, or one this process cannot
-// tell).
+// the bundle version it acknowledged (0: none yet). The SDS generator gives
+// ROOTCA its bundle version as the resource version, and the xDS server
+// reports which resource version each stream acknowledged.
 func (l *xdsLink) proxyBundles() []uint64 {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []uint64
-	for _, ps := range l.srv.Statuses() {
-		for _, ts := range ps.Types {
-			if ts.TypeURL == xapi.SecretType {
-				out = append(out, l.versions[ts.VersionAcked])
-			}
-		}
+	acked := l.srv.AckedVersions(xapi.SecretType, SDSRootName)
+	out := make([]uint64, 0, len(acked))
+	for _, v := range acked {
+		n, _ := strconv.ParseUint(v, 10, 64)
+		out = append(out, n)
 	}
 	return out
-}
-
-// sdsVersion is the version the xDS server gives an SDS set holding only
-// secret: it names a set by an order-independent hash of (name, xxhash of
-// the deterministic encoding) pairs (xds/server/snapshot.go). citadel
-// recomputes it to map acknowledged versions to bundles; the xds tests in
-// this package pin the two together, so a change on either side fails them.
-func sdsVersion(secret proto.Message) (string, error) {
-	value, err := proto.MarshalOptions{Deterministic: true}.Marshal(secret)
-	if err != nil {
-		return "", err
-	}
-	sum := xxhash.Sum64String(SDSRootName) ^ (xxhash.Sum64(value) * 0x9E3779B97F4A7C15)
-	return strconv.FormatUint(sum, 36) + "-1", nil
 }
 
 // sdsGenerator serves the trust bundle as the SDS secret ROOTCA. Every

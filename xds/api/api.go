@@ -205,6 +205,13 @@ type TLSEnabler interface {
 type StatusSource interface {
 	// Statuses returns one entry per connected xDS stream, sorted by proxy ID.
 	Statuses() []ProxyStatus
+	// AckedVersions returns, for every stream subscribed to typeURL, the
+	// Version its generator gave resource name in the set the stream last
+	// acknowledged ("" when it acknowledged nothing yet, the set lacks the
+	// name, or no Version was given). It tells a module which of its own
+	// versions proxies hold, without knowing how the server names its
+	// responses.
+	AckedVersions(typeURL, name string) []string
 }
 
 // XDS is everything the xds module offers other modules.

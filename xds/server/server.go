@@ -208,6 +208,11 @@ func (s *Server) RegisterService(fn func(grpc.ServiceRegistrar), tlsOnly bool) e
 // Statuses implements api.StatusSource.
 func (s *Server) Statuses() []api.ProxyStatus { return s.cache.statuses() }
 
+// AckedVersions implements api.StatusSource.
+func (s *Server) AckedVersions(typeURL, name string) []string {
+	return s.cache.ackedVersions(typeURL, name)
+}
+
 // NewGRPCServer returns a gRPC server with the xDS services and the
 // registered services (the TLS-only ones when creds is not nil). The caller
 // serves it and stops it.

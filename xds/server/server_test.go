@@ -592,3 +592,54 @@ func TestIncrementalPushLeadingEdge(t *testing.T) {
 		t.Errorf("one change then a burst of 10 ran %d generations, want 2", after-before)
 	}
 }
+
+// TestAckedVersions checks that a module can read back which of its own
+// resource versions each stream acknowledged: subscribed but not yet
+// acknowledged reads "", an ACK of the first set reads its version, and the
+// next version shows only once acknowledged.
+func TestAckedVersions(t *testing.T) {
+	s := xdstest.NewServer(t, server.Options{})
+	eds := &xdstest.Generator{}
+	v := func(version string, ports ...uint32) api.Resource {
+		r := cla("a", ports...)
+		r.Version = version
+		return r
+	}
+	eds.Set("", v("7", 1))
+	must(t, s.RegisterGenerator(api.EndpointType, eds))
+	c := xdstest.NewSotw(t, xdstest.Dial(t, s.Addr), xdstest.Node("p", "ns"))
+
+	c.Subscribe(api.EndpointType, "a")
+	r := c.Recv(wait)
+	if got := s.AckedVersions(api.EndpointType, "a"); !slices.Equal(got, []string{""}) {
+		t.Fatalf("before the ACK: %q, want one stream with none", got)
+	}
+	c.Ack(r, "a")
+	waitUntil(t, func() bool { return slices.Equal(s.AckedVersions(api.EndpointType, "a"), []string{"7"}) })
+
+	eds.Set("", v("8", 1, 2))
+	s.Push(api.EndpointPush("test", "a"))
+	r = c.Recv(wait)
+	if got := s.AckedVersions(api.EndpointType, "a"); !slices.Equal(got, []string{"7"}) {
+		t.Fatalf("sent but not acknowledged: %q, want still 7", got)
+	}
+	c.Ack(r, "a")
+	waitUntil(t, func() bool { return slices.Equal(s.AckedVersions(api.EndpointType, "a"), []string{"8"}) })
+	if got := s.AckedVersions(api.EndpointType, "missing"); !slices.Equal(got, []string{""}) {
+		t.Fatalf("a name outside the set: %q", got)
+	}
+	if got := s.AckedVersions(api.ClusterType, "a"); len(got) != 0 {
+		t.Fatalf("a type nobody subscribed to: %q", got)
+	}
+}
+
+func waitUntil(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in time")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -18,6 +18,7 @@ import (
 type sentRec struct {
 	nonce, version string
 	at, trigger    time.Time
+	snap           *snapshot // the set the response brought the stream to
 }
 
 // typeStatus is one stream's ACK/NACK record for one type. Guarded by conn.smu.
@@ -30,6 +31,7 @@ type typeStatus struct {
 	responses uint64
 
 	versionAcked, nonceAcked string
+	ackedSnap                *snapshot // the set the proxy acknowledged holding
 	ackedAt                  time.Time
 	timeToAck                time.Duration
 	lastNack                 *api.Nack
@@ -75,7 +77,7 @@ func (c *conn) sent(typeURL, nonce, version string, resources, bytes int, snap *
 	st := c.statusFor(typeURL)
 	copy(st.older[1:], st.older[:len(st.older)-1])
 	st.older[0] = st.last
-	st.last = sentRec{nonce: nonce, version: version, at: time.Now(), trigger: trigger}
+	st.last = sentRec{nonce: nonce, version: version, at: time.Now(), trigger: trigger, snap: snap}
 	st.lastSnap = snap
 	st.resources, st.bytes = resources, bytes
 	st.responses++
@@ -127,6 +129,7 @@ func (c *conn) request(s *Server, typeURL, nonce string, detail *rpcstatus.Statu
 		return
 	}
 	st.versionAcked, st.nonceAcked, st.ackedAt = rec.version, nonce, now
+	st.ackedSnap = rec.snap
 	st.timeToAck = now.Sub(rec.at)
 	trigger := rec.trigger
 	rec.trigger = time.Time{}
@@ -202,6 +205,34 @@ func (x *xdsCache) statuses() []api.ProxyStatus {
 		}
 		return strings.Compare(a.ConnID, b.ConnID)
 	})
+	return out
+}
+
+// ackedVersions returns, for every stream subscribed to typeURL, the
+// generator version (api.Resource.Version) of resource name in the set it
+// last acknowledged, or "" when it acknowledged nothing yet, that set lacks
+// the name, or the generator gave no version.
+func (x *xdsCache) ackedVersions(typeURL, name string) []string {
+	x.mu.Lock()
+	conns := make([]*conn, 0, len(x.conns))
+	for _, c := range x.conns {
+		conns = append(conns, c)
+	}
+	x.mu.Unlock()
+	var out []string
+	for _, c := range conns {
+		c.smu.Lock()
+		if st := c.status[typeURL]; st != nil {
+			v := ""
+			if st.nonceAcked != "" && st.ackedSnap != nil {
+				if e := st.ackedSnap.entries[name]; e != nil {
+					v = e.srcVer
+				}
+			}
+			out = append(out, v)
+		}
+		c.smu.Unlock()
+	}
 	return out
 }
 
