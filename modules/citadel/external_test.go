@@ -109,12 +109,12 @@ func TestExternalSigner(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			corp.fail, corp.tamper = tt.fail, tt.tamper
 			defer func() { corp.fail, corp.tamper = nil, nil }()
-			before, refused := e.ledgerSize(), e.counter("citadel_server_csr_refused_count", reasonSigner)
+			before, refused := e.ledgerSize(), e.counter("meshd_citadel_csr_refused_total", reasonSigner)
 			err := e.renew(t, w, 0)
 			if status.Code(err) != codes.Unavailable {
 				t.Fatalf("%v, want Unavailable", err)
 			}
-			if e.ledgerSize() != before || e.counter("citadel_server_csr_refused_count", reasonSigner) != refused+1 {
+			if e.ledgerSize() != before || e.counter("meshd_citadel_csr_refused_total", reasonSigner) != refused+1 {
 				t.Fatal("issued, or not counted")
 			}
 		})

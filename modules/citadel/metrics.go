@@ -19,7 +19,7 @@ type metrics struct {
 	bundle       prometheus.Gauge
 }
 
-// Refusal reasons, the values of citadel_server_csr_refused_count{reason}.
+// Refusal reasons, the values of meshd_citadel_csr_refused_total{reason}.
 const (
 	reasonAuthentication = "authentication"
 	reasonRateLimited    = "rate_limited"
@@ -44,7 +44,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "citadel_server_authentication_failure_count", Help: "The number of authentication failures.",
 		}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "citadel_server_csr_refused_count", Help: "CSRs refused, by reason (authentication, rate_limited, malformed, bad_signature, key_type, identity_mismatch, extra_san, signer, internal).",
+			Name: "meshd_citadel_csr_refused_total", Help: "CSRs refused, by reason (authentication, rate_limited, malformed, bad_signature, key_type, identity_mismatch, extra_san, signer, internal).",
 		}, []string{"reason"}),
 		rootExpiry: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "citadel_server_root_cert_expiry_timestamp", Help: "The unix timestamp, in seconds, when the root certificate that signs will expire.",
@@ -53,14 +53,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "citadel_server_cert_chain_expiry_timestamp", Help: "The unix timestamp, in seconds, when the signing certificate will expire.",
 		}),
 		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "citadel_server_csr_duration_seconds", Help: "Time to answer a CSR, from receipt to response, including the ledger commit.",
+			Name: "meshd_citadel_csr_duration_seconds", Help: "Time to answer a CSR, from receipt to response, including the ledger commit.",
 			Buckets: []float64{.0005, .001, .002, .005, .01, .025, .05, .1, .25, 1},
 		}),
 		phase: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "citadel_rotation_phase", Help: "1 for the current root rotation phase (idle, staged, switched), 0 for the others.",
+			Name: "meshd_citadel_rotation_phase", Help: "1 for the current root rotation phase (idle, staged, switched), 0 for the others.",
 		}, []string{"phase"}),
 		bundle: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "citadel_trust_bundle_version", Help: "Version of the trust bundle served to proxies; it increases whenever a root is added or retired.",
+			Name: "meshd_citadel_trust_bundle_version", Help: "Version of the trust bundle served to proxies; it increases whenever a root is added or retired.",
 		}),
 	}
 	for _, r := range []string{reasonAuthentication, reasonRateLimited, reasonInternal, reasonSigner, "malformed", "bad_signature", "key_type", "identity_mismatch", "extra_san"} {

@@ -108,7 +108,7 @@ func TestRefusals(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			r := tt.build(t)
 			issued, ledger := e.counter("citadel_server_success_cert_issuance_count"), e.ledgerSize()
-			refused := e.counter("citadel_server_csr_refused_count", tt.reason)
+			refused := e.counter("meshd_citadel_csr_refused_total", tt.reason)
 			authn, parse := e.counter("citadel_server_authentication_failure_count"), e.counter("citadel_server_csr_parsing_err_count")
 
 			c, closeFn := e.client(t, nil, r.cert)
@@ -124,7 +124,7 @@ func TestRefusals(t *testing.T) {
 			if msg := s.Message(); strings.Contains(msg, "identity") || strings.Contains(msg, "token") || strings.Contains(msg, "key") || strings.Contains(msg, "SAN") {
 				t.Errorf("error %q is not opaque", msg)
 			}
-			if got := e.counter("citadel_server_csr_refused_count", tt.reason); got != refused+1 {
+			if got := e.counter("meshd_citadel_csr_refused_total", tt.reason); got != refused+1 {
 				t.Errorf("refused{reason=%s} = %v, want %v", tt.reason, got, refused+1)
 			}
 			wantAuthn, wantParse := authn, parse
@@ -225,7 +225,7 @@ func TestRateLimitPerCaller(t *testing.T) {
 	if status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("third request: %v, want ResourceExhausted", err)
 	}
-	if e.counter("citadel_server_csr_refused_count", reasonRateLimited) != 1 {
+	if e.counter("meshd_citadel_csr_refused_total", reasonRateLimited) != 1 {
 		t.Error("rate limit refusal not counted")
 	}
 	if err := e.renew(t, b, 0); err != nil {

@@ -22,7 +22,7 @@ import (
 )
 
 // The errors callers see. They are deliberately opaque: the reason is in
-// the server log and in citadel_server_csr_refused_count{reason}.
+// the server log and in meshd_citadel_csr_refused_total{reason}.
 var (
 	errUnauthenticated = status.Error(codes.Unauthenticated, "authentication failed")
 	errRateLimited     = status.Error(codes.ResourceExhausted, "too many certificate requests; retry later")

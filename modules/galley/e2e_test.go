@@ -122,7 +122,7 @@ func TestServeBinary(t *testing.T) {
 		t.Fatalf("log lacks the file:line finding:\n%s", s.Output())
 	}
 	_, metrics := s.Get(t, "/metrics")
-	for _, want := range []string{"galley_validation_passed 3", "galley_validation_failed 1", "galley_config_revision 2", `galley_accepted_objects{kind="VirtualService"} 1`, "galley_rejected_origins 1"} {
+	for _, want := range []string{"galley_validation_passed 3", "galley_validation_failed 1", "meshd_galley_config_revision 2", `meshd_galley_accepted_objects{kind="VirtualService"} 1`, "meshd_galley_rejected_origins 1"} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}

@@ -25,15 +25,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Config changes (counted per origin) that were rejected; the origin's last accepted config keeps serving.",
 		}),
 		revision: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "galley_config_revision",
+			Name: "meshd_galley_config_revision",
 			Help: "Revision of the accepted config.",
 		}),
 		objects: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "galley_accepted_objects",
+			Name: "meshd_galley_accepted_objects",
 			Help: "Accepted config objects by kind.",
 		}, []string{"kind"}),
 		rejected: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "galley_rejected_origins",
+			Name: "meshd_galley_rejected_origins",
 			Help: "Origins (files) whose latest content is rejected, so that older content of theirs is serving.",
 		}),
 	}

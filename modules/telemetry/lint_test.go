@@ -31,7 +31,6 @@ var istioNames = map[string]string{
 	"citadel_server_success_cert_issuance_count":  "_count",
 	"citadel_server_csr_parsing_err_count":        "_count",
 	"citadel_server_authentication_failure_count": "_count",
-	"citadel_server_csr_refused_count":            "_count",
 }
 
 // allowed reports whether a lint complaint is about an Istio name.
