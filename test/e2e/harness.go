@@ -73,14 +73,14 @@ func FreeAddr(t testing.TB) string {
 
 // Server is a running `meshd serve`.
 type Server struct {
-	Cmd   *exec.Cmd
-	Dir   string
+	Cmd    *exec.Cmd
+	Dir    string
 	Admin  string // admin address, host:port
 	XDS    string // plaintext xDS address (modules.xds.address)
 	XDSTLS string // TLS xDS and CA address (modules.xds.tlsAddress)
-	out   *syncBuffer
-	done  chan struct{}
-	err   error
+	out    *syncBuffer
+	done   chan struct{}
+	err    error
 }
 
 // Options for Start.
