@@ -11,6 +11,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -151,12 +152,36 @@ func ResolveModules(reg *Registry, sections map[string]map[string]any) ([]Module
 			continue
 		}
 		cfg := info.Config()
-		if err := config.Decode(rest, cfg, "modules."+string(info.ID)); err != nil {
+		prefix := "modules." + string(info.ID)
+		if err := config.Decode(rest, cfg, prefix); err != nil {
 			return nil, nil, err
+		}
+		if v, ok := cfg.(interface{ Validate() error }); ok {
+			if err := v.Validate(); err != nil {
+				return nil, nil, validationError(prefix, err)
+			}
 		}
 		configs[info.ID] = cfg
 	}
 	return enabled, configs, nil
+}
+
+// validationError turns a module config's Validate error into a KeyError on
+// the key it names, so the CLI can point at the file and line. Messages that
+// start with the section's path ("modules.xds.debounce: ...") keep their
+// key; others are about the section as a whole, or name a key relative to
+// it ("root.lifetime: ...").
+func validationError(prefix string, err error) error {
+	msg := err.Error()
+	rel := strings.TrimPrefix(strings.TrimPrefix(msg, prefix), ".")
+	if key, reason, ok := strings.Cut(rel, ": "); ok && !strings.ContainsAny(key, " \t") {
+		path := prefix
+		if key != "" {
+			path += "." + key
+		}
+		return &config.KeyError{Path: path, Err: errors.New(reason)}
+	}
+	return &config.KeyError{Path: prefix, Err: errors.New(strings.TrimPrefix(rel, ": "))}
 }
 
 // Modules returns the enabled modules in dependency order.

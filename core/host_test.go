@@ -458,6 +458,50 @@ func TestModuleConfigStrictOverDefaults(t *testing.T) {
 	}
 }
 
+type validatedCfg struct {
+	Quiet time.Duration `mapstructure:"quiet"`
+	Max   time.Duration `mapstructure:"max"`
+}
+
+func (c *validatedCfg) Validate() error {
+	switch {
+	case c.Quiet < 0:
+		return errors.New("modules.push.quiet: must not be negative")
+	case c.Max < c.Quiet:
+		return errors.New("max must not be below quiet")
+	case c.Max > time.Hour:
+		return errors.New("limits.max: at most 1h") // relative to the section
+	}
+	return nil
+}
+
+func TestModuleConfigValidatedOnLoad(t *testing.T) {
+	reg := NewRegistry()
+	provisioned := false
+	register(t, reg, &fakeModule{
+		info:      ModuleInfo{ID: "push", Config: func() any { return &validatedCfg{Quiet: time.Millisecond, Max: time.Second} }},
+		provision: func(*Context) error { provisioned = true; return nil },
+	})
+	for _, tc := range []struct {
+		section map[string]any
+		path    string
+		reason  string
+	}{
+		{map[string]any{"quiet": "-1s"}, "modules.push.quiet", "must not be negative"},
+		{map[string]any{"max": "0s"}, "modules.push", "max must not be below quiet"},
+		{map[string]any{"max": "2h"}, "modules.push.limits.max", "at most 1h"},
+	} {
+		_, _, err := ResolveModules(reg, map[string]map[string]any{"push": tc.section})
+		var ke *config.KeyError
+		if !errors.As(err, &ke) || ke.Path != tc.path || ke.Err.Error() != tc.reason {
+			t.Errorf("%v: got %v, want KeyError %s: %s", tc.section, err, tc.path, tc.reason)
+		}
+	}
+	if provisioned {
+		t.Fatal("a module was provisioned with an invalid config")
+	}
+}
+
 func TestContextDepOnlyDeclared(t *testing.T) {
 	reg := NewRegistry()
 	type api interface{ Hello() string }

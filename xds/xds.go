@@ -142,9 +142,6 @@ func (m *Module) Provision(ctx *core.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := cfg.Validate(); err != nil {
-		return err
-	}
 	m.cfg, m.log = cfg, ctx.Logger()
 	quiet := cfg.Debounce.Quiet
 	if quiet == 0 {

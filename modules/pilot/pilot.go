@@ -172,9 +172,6 @@ func (m *Module) Provision(ctx *core.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := cfg.Validate(); err != nil {
-		return err
-	}
 	m.cfg, m.log, m.mesh, m.bus = cfg, ctx.Logger(), ctx.Mesh(), ctx.Bus()
 	if m.xds, err = core.Dep[xdsapi.XDS](ctx, "xds"); err != nil {
 		return err

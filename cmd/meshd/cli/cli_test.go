@@ -97,6 +97,7 @@ func TestConfigFileErrors(t *testing.T) {
 		{"not a mapping", "- a\n", "config must be a mapping"},
 		{"bad enum", "log:\n  level: loud\n", `log.level: "loud" is not one of debug, info, warn, error`},
 		{"unknown module", "modules:\n  pilotx:\n    enabled: true\n", "meshd.yaml:2: modules.pilotx: unknown key"},
+		{"module validation", "modules:\n  xds:\n    debounce:\n      quiet: 2s\n      max: 1s\n", "meshd.yaml:3: modules.xds.debounce: need 0 <= quiet (2s) <= max (1s)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

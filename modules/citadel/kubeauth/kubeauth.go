@@ -142,9 +142,6 @@ func (m *Module) Provision(ctx *core.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := cfg.Validate(); err != nil {
-		return err
-	}
 	rc, err := kube.Client{Kubeconfig: cfg.Kubeconfig, Context: cfg.Context, QPS: cfg.QPS, Burst: cfg.Burst}.RESTConfig("meshd/citadel")
 	if err != nil {
 		return err

@@ -68,9 +68,6 @@ func (m *Module) Provision(ctx *core.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := cfg.Validate(); err != nil {
-		return err
-	}
 	m.log = ctx.Logger()
 	rc, err := cfg.Client().RESTConfig("meshd/galley")
 	if err != nil {

@@ -155,9 +155,6 @@ func (m *Module) Provision(ctx *core.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := cfg.Validate(); err != nil {
-		return err
-	}
 	m.cfg, m.log = cfg, ctx.Logger()
 	reg, err1 := core.Dep[pilotapi.Registrar](ctx, "pilot")
 	gal, err2 := core.Dep[galleyapi.Accepted](ctx, "galley")
