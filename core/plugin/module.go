@@ -267,6 +267,40 @@ func (m *Module) serveStatus(w http.ResponseWriter, _ *http.Request) {
 // ModuleInfo.Uses. With the plugins module disabled it returns no instances
 // and no error.
 func Lookup(ctx *core.Context, kind string) ([]*Instance, error) {
+	return lookup(ctx, kind)
+}
+
+// Attach hands the plugins of kind to the module that consumes them: it
+// looks them up, gets consumer (which the calling module lists in Uses) as
+// T, and calls add for each instance. It returns the instances, for
+// Degraded, and nothing when no plugin of kind is declared. Declaring
+// plugins whose consumer is disabled is an error naming them, since they
+// would silently do nothing.
+func Attach[T any](ctx *core.Context, kind string, consumer core.ModuleID, add func(T, *Instance) error) ([]*Instance, error) {
+	ins, err := lookup(ctx, kind)
+	if err != nil || len(ins) == 0 {
+		return nil, err
+	}
+	dep, err := core.Dep[T](ctx, consumer)
+	if errors.Is(err, core.ErrModuleDisabled) {
+		names := make([]string, len(ins))
+		for i, in := range ins {
+			names[i] = in.Name()
+		}
+		return nil, fmt.Errorf("modules.plugins declares %s plugins (%s) but %s is disabled", kind, strings.Join(names, ", "), consumer)
+	}
+	if err != nil {
+		return nil, err
+	}
+	for _, in := range ins {
+		if err := add(dep, in); err != nil {
+			return nil, Error(in.Name(), err)
+		}
+	}
+	return ins, nil
+}
+
+func lookup(ctx *core.Context, kind string) ([]*Instance, error) {
 	p, err := core.Dep[Provider](ctx, ID)
 	if errors.Is(err, core.ErrModuleDisabled) {
 		return nil, nil

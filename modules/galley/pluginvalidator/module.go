@@ -1,9 +1,6 @@
 package pluginvalidator
 
 import (
-	"errors"
-	"fmt"
-	"strings"
 
 	"github.com/meshd/meshd/core"
 	"github.com/meshd/meshd/core/plugin"
@@ -48,28 +45,11 @@ func (*Module) MeshModule() core.ModuleInfo {
 // Provision adds the validators. Galley must run when validator plugins
 // are declared.
 func (m *Module) Provision(ctx *core.Context) error {
-	ins, err := plugin.Lookup(ctx, Kind)
-	if err != nil || len(ins) == 0 {
-		return err
-	}
-	g, err := core.Dep[adder](ctx, galleyID)
-	if errors.Is(err, core.ErrModuleDisabled) {
-		names := make([]string, len(ins))
-		for i, in := range ins {
-			names[i] = in.Name()
-		}
-		return fmt.Errorf("modules.plugins declares validator plugins (%s) but galley is disabled", strings.Join(names, ", "))
-	}
-	if err != nil {
-		return err
-	}
-	for _, in := range ins {
-		if err := g.AddValidator(in.Name(), New(in)); err != nil {
-			return plugin.Error(in.Name(), err)
-		}
-	}
+	ins, err := plugin.Attach(ctx, Kind, galleyID, func(g adder, in *plugin.Instance) error {
+		return g.AddValidator(in.Name(), New(in))
+	})
 	m.instances = ins
-	return nil
+	return err
 }
 
 // Ready is always nil: while a validator plugin is down, galley keeps the

@@ -1,9 +1,6 @@
 package pluginsink
 
 import (
-	"errors"
-	"fmt"
-	"strings"
 
 	"github.com/meshd/meshd/core"
 	"github.com/meshd/meshd/core/plugin"
@@ -41,28 +38,11 @@ func (*Module) MeshModule() core.ModuleInfo {
 // Provision adds the sinks. Telemetry must run when sink plugins are
 // declared.
 func (m *Module) Provision(ctx *core.Context) error {
-	ins, err := plugin.Lookup(ctx, Kind)
-	if err != nil || len(ins) == 0 {
-		return err
-	}
-	reg, err := core.Dep[api.SinkRegistry](ctx, api.ID)
-	if errors.Is(err, core.ErrModuleDisabled) {
-		names := make([]string, len(ins))
-		for i, in := range ins {
-			names[i] = in.Name()
-		}
-		return fmt.Errorf("modules.plugins declares sink plugins (%s) but telemetry is disabled", strings.Join(names, ", "))
-	}
-	if err != nil {
-		return err
-	}
-	for _, in := range ins {
-		if err := reg.AddSink(in.Name(), New(in)); err != nil {
-			return plugin.Error(in.Name(), err)
-		}
-	}
+	ins, err := plugin.Attach(ctx, Kind, api.ID, func(reg api.SinkRegistry, in *plugin.Instance) error {
+		return reg.AddSink(in.Name(), New(in))
+	})
 	m.instances = ins
-	return nil
+	return err
 }
 
 // Ready is always nil: a sink plugin that is down loses the records of its

@@ -1,9 +1,7 @@
 package pluginsource
 
 import (
-	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/meshd/meshd/core"
 	"github.com/meshd/meshd/core/plugin"
@@ -49,28 +47,14 @@ func (*Module) MeshModule() core.ModuleInfo {
 // Provision adds the sources. Pilot must run when discovery plugins are
 // declared.
 func (m *Module) Provision(ctx *core.Context) error {
-	ins, err := plugin.Lookup(ctx, Kind)
-	if err != nil || len(ins) == 0 {
-		return err
-	}
-	add, err := core.Dep[adder](ctx, pilotID)
-	if errors.Is(err, core.ErrModuleDisabled) {
-		names := make([]string, len(ins))
-		for i, in := range ins {
-			names[i] = in.Name()
+	ins, err := plugin.Attach(ctx, Kind, pilotID, func(a adder, in *plugin.Instance) error {
+		if err := a.AddSource(in.Name(), New(in)); err != nil {
+			return fmt.Errorf("%w (rename the plugin in modules.plugins)", err)
 		}
-		return fmt.Errorf("modules.plugins declares discovery plugins (%s) but pilot is disabled", strings.Join(names, ", "))
-	}
-	if err != nil {
-		return err
-	}
-	for _, in := range ins {
-		if err := add.AddSource(in.Name(), New(in)); err != nil {
-			return plugin.Error(in.Name(), fmt.Errorf("%w (rename the plugin in modules.plugins)", err))
-		}
-	}
+		return nil
+	})
 	m.instances = ins
-	return nil
+	return err
 }
 
 // Ready is always nil: a discovery plugin that is down leaves pilot serving
