@@ -26,6 +26,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"github.com/meshd/meshd/core"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -61,16 +62,7 @@ type Agent struct {
 }
 
 // ExitError is an error with the process exit code meshd's CLI uses.
-type ExitError struct {
-	Code int
-	Err  error
-}
-
-func (e *ExitError) Error() string { return e.Err.Error() }
-func (e *ExitError) Unwrap() error { return e.Err }
-
-// ExitCode implements the CLI's exit-code interface.
-func (e *ExitError) ExitCode() int { return e.Code }
+type ExitError = core.ExitError
 
 // Exit codes.
 const (

@@ -57,3 +57,23 @@ var ErrModuleDisabled = errors.New("module disabled")
 
 // ErrNotReady is the generic readiness error for modules still starting.
 var ErrNotReady = errors.New("not ready")
+
+// ExitError is an error that carries the process exit code a command should
+// end with (meshd validate finding errors, meshd status finding NACKs). An
+// empty Err means the command already said everything it had to say.
+type ExitError struct {
+	Code int
+	Err  error
+}
+
+func (e *ExitError) Error() string {
+	if e.Err == nil {
+		return ""
+	}
+	return e.Err.Error()
+}
+
+func (e *ExitError) Unwrap() error { return e.Err }
+
+// ExitCode returns the process exit code.
+func (e *ExitError) ExitCode() int { return e.Code }

@@ -6,6 +6,8 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+
+	"github.com/meshd/meshd/core/admin"
 )
 
 // Admin API routes, served on the admin address (loopback by default).
@@ -23,9 +25,7 @@ const (
 )
 
 // AdminError is the JSON body of a failed admin call.
-type AdminError struct {
-	Error string `json:"error"`
-}
+type AdminError = admin.Error
 
 // routes registers the admin API of ops under handle.
 func (m *Module) routes(handle func(string, http.Handler)) {
@@ -44,7 +44,7 @@ func registerAdmin(handle func(string, http.Handler), ops Operations) {
 				case errors.Is(err, ErrPluggedRotation):
 					code = http.StatusConflict
 				}
-				writeJSON(w, code, AdminError{Error: err.Error()})
+				admin.WriteError(w, code, err)
 				return
 			}
 			if pem, ok := v.([]byte); ok {
@@ -52,7 +52,7 @@ func registerAdmin(handle func(string, http.Handler), ops Operations) {
 				w.Write(pem)
 				return
 			}
-			writeJSON(w, http.StatusOK, v)
+			admin.WriteJSON(w, http.StatusOK, v)
 		})
 	}
 	handle(adminStatus, h(func(r *http.Request) (any, error) { return ops.Status(r.Context()) }))
@@ -87,12 +87,4 @@ func registerAdmin(handle func(string, http.Handler), ops Operations) {
 		}
 		return ops.ListCerts(r.Context(), f)
 	}))
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	enc.Encode(v)
 }

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"strconv"
 
+	"github.com/meshd/meshd/core/admin"
+
 	"github.com/meshd/meshd/modules/galley/api"
 )
 
@@ -23,9 +25,7 @@ const (
 )
 
 // AdminError is the JSON body of a failed admin call.
-type AdminError struct {
-	Error string `json:"error"`
-}
+type AdminError = admin.Error
 
 // Configz is GET /debug/configz: what galley serves and, per origin, what
 // it accepted and what it last rejected.
@@ -144,10 +144,10 @@ func (m *Module) routes(handle func(string, http.Handler)) {
 				if errors.Is(err, ErrNoRevision) {
 					code = http.StatusNotFound
 				}
-				writeJSON(w, code, AdminError{Error: err.Error()})
+				admin.WriteError(w, code, err)
 				return
 			}
-			writeJSON(w, http.StatusOK, v)
+			admin.WriteJSON(w, http.StatusOK, v)
 		})
 	}
 	handle(routeConfigz, h(func(*http.Request) (any, error) { return m.Configz(), nil }))
@@ -198,14 +198,6 @@ func uintParam(r *http.Request, name string, def uint64) (uint64, error) {
 		return 0, fmt.Errorf("%s=%q: want a non-negative number", name, s)
 	}
 	return n, nil
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v)
 }
 
 // Revisions lists the retained revisions, newest first (limit 0: all).

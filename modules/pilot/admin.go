@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"slices"
 
+	"github.com/meshd/meshd/core/admin"
+
 	"github.com/meshd/meshd/core"
 	galleyapi "github.com/meshd/meshd/modules/galley/api"
 	pilotapi "github.com/meshd/meshd/modules/pilot/api"
@@ -33,14 +35,6 @@ func (m *Module) routes(ctx *core.Context) {
 	ctx.HandleAdmin("GET /registry/workloads", http.HandlerFunc(m.listWorkloads))
 	ctx.HandleAdmin("PUT /registry/workloads/{namespace}/{name}", http.HandlerFunc(m.putWorkload))
 	ctx.HandleAdmin("DELETE /registry/workloads/{namespace}/{name}", http.HandlerFunc(m.deleteWorkload))
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v)
 }
 
 type errorBody struct {
@@ -108,7 +102,7 @@ func (m *Module) registryz(w http.ResponseWriter, _ *http.Request) {
 			out.Services = append(out.Services, rs)
 		}
 	}
-	writeJSON(w, http.StatusOK, out)
+	admin.WriteJSON(w, http.StatusOK, out)
 }
 
 // pilotz serves pilot's own state: readiness, the index version and what
@@ -130,7 +124,7 @@ func (m *Module) pilotz(w http.ResponseWriter, _ *http.Request) {
 	if ix.Registry != nil {
 		services = len(ix.Registry.Services)
 	}
-	writeJSON(w, http.StatusOK, struct {
+	admin.WriteJSON(w, http.StatusOK, struct {
 		state
 		RootNamespace    string   `json:"rootNamespace"`
 		Registries       []string `json:"registries"`
@@ -151,7 +145,7 @@ func (m *Module) listWorkloads(w http.ResponseWriter, _ *http.Request) {
 	if list == nil {
 		list = []pilotapi.Workload{}
 	}
-	writeJSON(w, http.StatusOK, list)
+	admin.WriteJSON(w, http.StatusOK, list)
 }
 
 // putWorkload registers the workload in the body under the path's
@@ -163,11 +157,11 @@ func (m *Module) putWorkload(w http.ResponseWriter, r *http.Request) {
 	dec := json.NewDecoder(io.LimitReader(r.Body, maxWorkloadBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&wl); err != nil {
-		writeJSON(w, http.StatusBadRequest, errorBody{"decode workload: " + err.Error()})
+		admin.WriteJSON(w, http.StatusBadRequest, errorBody{"decode workload: " + err.Error()})
 		return
 	}
 	if (wl.Namespace != "" && wl.Namespace != ns) || (wl.Name != "" && wl.Name != name) {
-		writeJSON(w, http.StatusBadRequest, errorBody{"the body names " + wl.Namespace + "/" + wl.Name + " but the path " + ns + "/" + name})
+		admin.WriteJSON(w, http.StatusBadRequest, errorBody{"the body names " + wl.Namespace + "/" + wl.Name + " but the path " + ns + "/" + name})
 		return
 	}
 	wl.Namespace, wl.Name = ns, name
@@ -177,19 +171,19 @@ func (m *Module) putWorkload(w http.ResponseWriter, r *http.Request) {
 		if errors.Is(err, ErrTooManyWorkloads) {
 			code = http.StatusTooManyRequests
 		}
-		writeJSON(w, code, errorBody{err.Error()})
+		admin.WriteJSON(w, code, errorBody{err.Error()})
 		return
 	}
 	code := http.StatusCreated
 	if existed {
 		code = http.StatusOK
 	}
-	writeJSON(w, code, wl)
+	admin.WriteJSON(w, code, wl)
 }
 
 func (m *Module) deleteWorkload(w http.ResponseWriter, r *http.Request) {
 	if !m.DeregisterWorkload(r.PathValue("namespace"), r.PathValue("name")) {
-		writeJSON(w, http.StatusNotFound, errorBody{"no registered workload " + r.PathValue("namespace") + "/" + r.PathValue("name")})
+		admin.WriteJSON(w, http.StatusNotFound, errorBody{"no registered workload " + r.PathValue("namespace") + "/" + r.PathValue("name")})
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)

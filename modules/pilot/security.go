@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/meshd/meshd/core/admin"
 	"github.com/meshd/meshd/modules/pilot/generate/envoy"
 	"github.com/meshd/meshd/modules/pilot/generate/proxyless"
 	"github.com/meshd/meshd/modules/pilot/index"
@@ -140,5 +141,5 @@ func (m *Module) securityz(w http.ResponseWriter, r *http.Request) {
 	for _, k := range order {
 		out.Workloads = append(out.Workloads, byKey[k])
 	}
-	writeJSON(w, http.StatusOK, out)
+	admin.WriteJSON(w, http.StatusOK, out)
 }

@@ -4,6 +4,7 @@
 package statuscmd
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,6 +14,9 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/meshd/meshd/core"
+	"github.com/meshd/meshd/core/admin"
+
 	"github.com/spf13/cobra"
 
 	"github.com/meshd/meshd/xds/api"
@@ -20,16 +24,7 @@ import (
 
 // ExitError carries the process exit code; the root command turns it into
 // the exit status instead of the command calling os.Exit itself.
-type ExitError struct {
-	Code int
-	Err  error
-}
-
-func (e *ExitError) Error() string { return e.Err.Error() }
-func (e *ExitError) Unwrap() error { return e.Err }
-
-// ExitCode returns the process exit code.
-func (e *ExitError) ExitCode() int { return e.Code }
+type ExitError = core.ExitError
 
 // NewStatusCommand returns `meshd status`. It exits 1 when any proxy has
 // NACKED config, so scripts and CI can gate on it.
@@ -85,27 +80,10 @@ cannot be read.`,
 	return cmd
 }
 
-func fetch(admin string, timeout time.Duration) ([]api.ProxyStatus, error) {
-	url := admin
-	if !strings.Contains(url, "://") {
-		url = "http://" + url
-	}
-	url = strings.TrimSuffix(url, "/") + "/debug/syncz"
-	c := &http.Client{Timeout: timeout}
-	resp, err := c.Get(url)
-	if err != nil {
-		return nil, fmt.Errorf("read sync status from meshd (--admin %s): %w", admin, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return nil, fmt.Errorf("GET %s: %s: %s", url, resp.Status, strings.TrimSpace(string(body)))
-	}
+func fetch(addr string, timeout time.Duration) ([]api.ProxyStatus, error) {
 	var out []api.ProxyStatus
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
-		return nil, fmt.Errorf("GET %s: %w", url, err)
-	}
-	return out, nil
+	err := admin.NewClient(addr, timeout, "xds").Do(context.Background(), http.MethodGet, "/debug/syncz", nil, &out)
+	return out, err
 }
 
 func nacked(statuses []api.ProxyStatus) int {

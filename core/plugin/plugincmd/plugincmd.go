@@ -4,13 +4,16 @@
 package plugincmd
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/meshd/meshd/core"
+	"github.com/meshd/meshd/core/admin"
 
 	"github.com/spf13/cobra"
 
@@ -19,16 +22,7 @@ import (
 
 // ExitError carries the process exit code: `meshd plugins list` exits 1
 // when a plugin is down, so scripts can gate on it.
-type ExitError struct {
-	Code int
-	Err  error
-}
-
-func (e *ExitError) Error() string { return e.Err.Error() }
-func (e *ExitError) Unwrap() error { return e.Err }
-
-// ExitCode returns the process exit code.
-func (e *ExitError) ExitCode() int { return e.Code }
+type ExitError = core.ExitError
 
 // NewPluginsCommand returns `meshd plugins` with its `list` subcommand.
 func NewPluginsCommand() *cobra.Command {
@@ -91,30 +85,10 @@ The exit status is 1 when any plugin is not up.`,
 	return cmd
 }
 
-func fetch(admin string, timeout time.Duration) ([]plugin.Status, error) {
-	url := admin
-	if !strings.Contains(url, "://") {
-		url = "http://" + url
-	}
-	url = strings.TrimSuffix(url, "/") + "/debug/plugins"
-	c := &http.Client{Timeout: timeout}
-	resp, err := c.Get(url)
-	if err != nil {
-		return nil, fmt.Errorf("read plugin status from meshd (--admin %s): %w", admin, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode == http.StatusNotFound {
-		return nil, fmt.Errorf("GET %s: 404: the plugins module is not enabled in this meshd", url)
-	}
-	if resp.StatusCode != http.StatusOK {
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return nil, fmt.Errorf("GET %s: %s: %s", url, resp.Status, strings.TrimSpace(string(body)))
-	}
+func fetch(addr string, timeout time.Duration) ([]plugin.Status, error) {
 	var out []plugin.Status
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 8<<20)).Decode(&out); err != nil {
-		return nil, fmt.Errorf("GET %s: %w", url, err)
-	}
-	return out, nil
+	err := admin.NewClient(addr, timeout, "plugins").Do(context.Background(), http.MethodGet, "/debug/plugins", nil, &out)
+	return out, err
 }
 
 // Table writes statuses as a table, then why each plugin that is not up is

@@ -64,12 +64,12 @@ func TestListErrors(t *testing.T) {
 	cmd := NewPluginsCommand()
 	cmd.SetOut(&bytes.Buffer{})
 	cmd.SetArgs([]string{"list", "--admin", srv.URL})
-	if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), "plugins module is not enabled") {
+	if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), "is the plugins module enabled in this meshd?") {
 		t.Fatalf("err %v", err)
 	}
 	cmd = NewPluginsCommand()
 	cmd.SetArgs([]string{"list", "--admin", "127.0.0.1:1", "--timeout", "1s"})
-	if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), "read plugin status from meshd") {
+	if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), "no meshd admin API at http://127.0.0.1:1") {
 		t.Fatalf("err %v", err)
 	}
 }

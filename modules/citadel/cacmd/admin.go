@@ -1,17 +1,12 @@
 package cacmd
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
-	"errors"
-	"fmt"
-	"io"
-	"net/http"
 	"net/url"
 	"strconv"
-	"syscall"
 	"time"
+
+	"github.com/meshd/meshd/core/admin"
 
 	"github.com/meshd/meshd/modules/citadel"
 )
@@ -19,59 +14,17 @@ import (
 // adminClient implements citadel.Operations over a running meshd's admin
 // API (the routes in modules/citadel/admin.go).
 type adminClient struct {
-	base string
-	hc   *http.Client
+	c *admin.Client
 }
 
 var _ citadel.Operations = (*adminClient)(nil)
 
 func newAdminClient(addr string) *adminClient {
-	return &adminClient{base: "http://" + addr, hc: &http.Client{Timeout: 30 * time.Second}}
+	return &adminClient{c: admin.NewClient(addr, 30*time.Second, "citadel").WithHint("for a stopped one use --data-dir")}
 }
 
 func (c *adminClient) do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		raw, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(raw)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
-	if err != nil {
-		return err
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		if errors.Is(err, syscall.ECONNREFUSED) {
-			return fmt.Errorf("no meshd admin API at %s (is meshd running? for a stopped one use --data-dir): %w", c.base, err)
-		}
-		return err
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode != http.StatusOK {
-		var ae citadel.AdminError
-		if json.Unmarshal(raw, &ae) == nil && ae.Error != "" {
-			return errors.New(ae.Error)
-		}
-		if resp.StatusCode == http.StatusNotFound {
-			return fmt.Errorf("%s %s: not found (is citadel enabled in this meshd?)", method, path)
-		}
-		return fmt.Errorf("%s %s: %s", method, path, resp.Status)
-	}
-	if b, ok := out.(*[]byte); ok {
-		*b = raw
-		return nil
-	}
-	return json.Unmarshal(raw, out)
+	return c.c.Do(ctx, method, path, in, out)
 }
 
 func (c *adminClient) Status(ctx context.Context) (*citadel.Status, error) {

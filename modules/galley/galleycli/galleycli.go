@@ -11,16 +11,16 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"github.com/meshd/meshd/core/admin"
 
 	"github.com/pmezard/go-difflib/difflib"
 	"github.com/spf13/cobra"
@@ -76,7 +76,7 @@ func (o *options) reader(ctx context.Context) (reader, func(), error) {
 		}
 		return h, func() { h.Close() }, nil
 	}
-	return &client{ctx: ctx, base: "http://" + o.admin, hc: &http.Client{Timeout: 30 * time.Second}}, func() {}, nil
+	return newClient(ctx, o.admin, 30*time.Second), func() {}, nil
 }
 
 func historyCmd() *cobra.Command {
@@ -207,7 +207,7 @@ as usual. Fix or revert the files soon, so that disk and mesh agree again
 			if err != nil {
 				return err
 			}
-			c := &client{ctx: cmd.Context(), base: "http://" + o.admin, hc: &http.Client{Timeout: time.Minute}}
+			c := newClient(cmd.Context(), o.admin, time.Minute)
 			var res galley.RollbackResult
 			if err := c.do(http.MethodPost, "/config/rollback?to="+strconv.FormatUint(n, 10), &res); err != nil {
 				return err
@@ -242,44 +242,19 @@ func parseRev(s string) (uint64, error) {
 
 // client calls galley's admin API.
 type client struct {
-	ctx  context.Context
-	base string
-	hc   *http.Client
+	ctx context.Context
+	c   *admin.Client
 }
 
-func (c *client) do(method, path string, out any) error {
-	ctx := c.ctx
+func newClient(ctx context.Context, addr string, timeout time.Duration) *client {
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, nil)
-	if err != nil {
-		return err
-	}
-	defer c.hc.CloseIdleConnections()
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		if errors.Is(err, syscall.ECONNREFUSED) {
-			return fmt.Errorf("no meshd admin API at %s (is meshd running? for a stopped one use --data-dir): %w", c.base, err)
-		}
-		return err
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode != http.StatusOK {
-		var ae galley.AdminError
-		if json.Unmarshal(raw, &ae) == nil && ae.Error != "" {
-			return errors.New(ae.Error)
-		}
-		if resp.StatusCode == http.StatusNotFound {
-			return fmt.Errorf("%s %s: not found (is galley enabled in this meshd?)", method, path)
-		}
-		return fmt.Errorf("%s %s: %s", method, path, resp.Status)
-	}
-	return json.Unmarshal(raw, out)
+	return &client{ctx: ctx, c: admin.NewClient(addr, timeout, "galley").WithHint("for a stopped one use --data-dir")}
+}
+
+func (c *client) do(method, path string, out any) error {
+	return c.c.Do(c.ctx, method, path, nil, out)
 }
 
 func (c *client) Revisions(limit int) (*galley.RevisionList, error) {

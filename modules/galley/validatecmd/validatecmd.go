@@ -26,16 +26,7 @@ const (
 // already printed when it is returned, so its message is empty unless
 // something else went wrong; the caller prints a non-empty message and exits
 // with ExitCode, and never needs os.Exit inside the command.
-type ExitError struct {
-	Code int
-	Msg  string
-}
-
-// Error returns the message, possibly empty.
-func (e *ExitError) Error() string { return e.Msg }
-
-// ExitCode returns the process exit code.
-func (e *ExitError) ExitCode() int { return e.Code }
+type ExitError = core.ExitError
 
 // options are the command's flags.
 type options struct {
@@ -88,7 +79,7 @@ are only warnings and --strict is given.`,
 		SilenceErrors: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := o.meshDefaults(cmd); err != nil {
-				return &ExitError{Code: ExitErrors, Msg: fmt.Sprintf("validate: %v", err)}
+				return &ExitError{Code: ExitErrors, Err: fmt.Errorf("validate: %w", err)}
 			}
 			return run(cmd.InOrStdin(), cmd.OutOrStdout(), args, o)
 		},
@@ -144,13 +135,13 @@ func (o *options) meshDefaults(cmd *cobra.Command) error {
 
 func run(stdin io.Reader, stdout io.Writer, args []string, o *options) error {
 	if o.output != "text" && o.output != "json" {
-		return &ExitError{Code: ExitErrors, Msg: fmt.Sprintf("validate: unknown output format %q; use text or json", o.output)}
+		return &ExitError{Code: ExitErrors, Err: fmt.Errorf("validate: unknown output format %q; use text or json", o.output)}
 	}
 	mode := strings.ToUpper(o.mtlsMode)
 	switch mode {
 	case core.MTLSStrict, core.MTLSPermissive, core.MTLSDisable:
 	default:
-		return &ExitError{Code: ExitErrors, Msg: fmt.Sprintf("validate: --default-mtls-mode %q must be STRICT, PERMISSIVE or DISABLE", o.mtlsMode)}
+		return &ExitError{Code: ExitErrors, Err: fmt.Errorf("validate: --default-mtls-mode %q must be STRICT, PERMISSIVE or DISABLE", o.mtlsMode)}
 	}
 	mesh := core.DefaultMeshConfig()
 	mesh.ClusterDomain = o.clusterDomain
@@ -164,7 +155,7 @@ func run(stdin io.Reader, stdout io.Writer, args []string, o *options) error {
 
 	res, err := check(checker, stdin, args)
 	if err != nil {
-		return &ExitError{Code: ExitErrors, Msg: fmt.Sprintf("validate: %v", err)}
+		return &ExitError{Code: ExitErrors, Err: fmt.Errorf("validate: %w", err)}
 	}
 	counts := res.Counts()
 	if o.output == "json" {
@@ -173,7 +164,7 @@ func run(stdin io.Reader, stdout io.Writer, args []string, o *options) error {
 		err = writeText(stdout, res, counts)
 	}
 	if err != nil {
-		return &ExitError{Code: ExitErrors, Msg: fmt.Sprintf("validate: write output: %v", err)}
+		return &ExitError{Code: ExitErrors, Err: fmt.Errorf("validate: write output: %w", err)}
 	}
 	switch {
 	case counts.Errors > 0:
