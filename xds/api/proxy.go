@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/meshd/meshd/core/spiffe"
+
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 )
@@ -186,21 +188,13 @@ func ParseNode(node *corev3.Node, trustDomain string) (*Proxy, error) {
 
 // SPIFFEID returns spiffe://<trustDomain>/ns/<namespace>/sa/<serviceAccount>.
 func SPIFFEID(trustDomain, namespace, serviceAccount string) string {
-	return "spiffe://" + trustDomain + "/ns/" + namespace + "/sa/" + serviceAccount
+	return spiffe.ID(trustDomain, namespace, serviceAccount)
 }
 
 // ParseSPIFFEID splits an Istio-style SPIFFE ID into trust domain,
-// namespace and service account.
+// namespace and service account, as strictly as the CA issues them.
 func ParseSPIFFEID(id string) (trustDomain, namespace, serviceAccount string, err error) {
-	rest, ok := strings.CutPrefix(id, "spiffe://")
-	if !ok {
-		return "", "", "", fmt.Errorf("%q is not a SPIFFE ID", id)
-	}
-	parts := strings.Split(rest, "/")
-	if len(parts) != 5 || parts[1] != "ns" || parts[3] != "sa" || parts[0] == "" || parts[2] == "" || parts[4] == "" {
-		return "", "", "", fmt.Errorf("%q is not of the form spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>", id)
-	}
-	return parts[0], parts[2], parts[4], nil
+	return spiffe.Parse(id)
 }
 
 // WithVerifiedIdentity returns a copy of p whose identity is the verified

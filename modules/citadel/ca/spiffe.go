@@ -3,33 +3,19 @@ package ca
 import (
 	"fmt"
 	"strings"
+
+	"github.com/meshd/meshd/core/spiffe"
 )
 
 // SPIFFEID returns the workload identity spiffe://<td>/ns/<ns>/sa/<sa>.
 func SPIFFEID(trustDomain, namespace, serviceAccount string) string {
-	return "spiffe://" + trustDomain + "/ns/" + namespace + "/sa/" + serviceAccount
+	return spiffe.ID(trustDomain, namespace, serviceAccount)
 }
 
 // ParseSPIFFEID splits a workload identity of the form
 // spiffe://<td>/ns/<ns>/sa/<sa>. Anything else is an error.
 func ParseSPIFFEID(id string) (trustDomain, namespace, serviceAccount string, err error) {
-	rest, ok := strings.CutPrefix(id, "spiffe://")
-	if !ok {
-		return "", "", "", fmt.Errorf("identity %q: not a spiffe:// URI", id)
-	}
-	parts := strings.Split(rest, "/")
-	if len(parts) != 5 || parts[1] != "ns" || parts[3] != "sa" {
-		return "", "", "", fmt.Errorf("identity %q: want spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>", id)
-	}
-	if !validTrustDomain(parts[0]) {
-		return "", "", "", fmt.Errorf("identity %q: invalid trust domain %q", id, parts[0])
-	}
-	for _, seg := range []string{parts[2], parts[4]} {
-		if !validSegment(seg) {
-			return "", "", "", fmt.Errorf("identity %q: invalid path segment %q", id, seg)
-		}
-	}
-	return parts[0], parts[2], parts[4], nil
+	return spiffe.Parse(id)
 }
 
 // NormalizeIdentity accepts a full workload identity, or the short forms
@@ -57,32 +43,5 @@ func NormalizeIdentity(s, trustDomain string) (string, error) {
 	return s, nil
 }
 
-// validTrustDomain follows the SPIFFE spec: lowercase letters, digits, dots,
-// dashes and underscores.
-func validTrustDomain(td string) bool {
-	if td == "" || len(td) > 255 {
-		return false
-	}
-	for _, c := range td {
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_') {
-			return false
-		}
-	}
-	return true
-}
-
-// validSegment follows the SPIFFE spec for path segments.
-func validSegment(s string) bool {
-	if s == "" || s == "." || s == ".." {
-		return false
-	}
-	for _, c := range s {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_') {
-			return false
-		}
-	}
-	return true
-}
-
 // ValidTrustDomain reports whether td is a valid SPIFFE trust domain name.
-func ValidTrustDomain(td string) bool { return validTrustDomain(td) }
+func ValidTrustDomain(td string) bool { return spiffe.ValidTrustDomain(td) }
