@@ -1,7 +1,6 @@
 package pluginvalidator
 
 import (
-
 	"github.com/meshd/meshd/core"
 	"github.com/meshd/meshd/core/plugin"
 	"github.com/meshd/meshd/modules/galley/api"

@@ -102,7 +102,7 @@ type fakeXDS struct {
 }
 
 func (*fakeXDS) RegisterService(func(grpc.ServiceRegistrar), bool) error { return nil }
-func (*fakeXDS) AckedVersions(string, string) []string { return nil }
+func (*fakeXDS) AckedVersions(string, string) []string                   { return nil }
 func (x *fakeXDS) Statuses() []xdsapi.ProxyStatus {
 	x.mu.Lock()
 	defer x.mu.Unlock()

@@ -1,7 +1,6 @@
 package pluginsink
 
 import (
-
 	"github.com/meshd/meshd/core"
 	"github.com/meshd/meshd/core/plugin"
 	"github.com/meshd/meshd/modules/telemetry/api"
