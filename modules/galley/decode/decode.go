@@ -119,22 +119,19 @@ type chunk struct {
 // splitDocuments cuts a multi-document YAML stream at "---" lines. Splitting
 // before parsing keeps one malformed document from hiding the others, which a
 // streaming yaml.Decoder cannot recover from. A "---" in column 0 is a
-// document marker even inside block scalars, so this matches YAML.
+// document marker even inside block scalars, so this matches YAML. Lines end
+// where yaml.v3 ends them (see lineBreak), so a file saved with bare CRs is
+// split into all its documents and its line numbers agree with the parser's.
 func splitDocuments(data []byte) []chunk {
 	var out []chunk
 	start, startLine, line := 0, 1, 1
-	for i := 0; i < len(data); {
-		end := bytes.IndexByte(data[i:], '\n')
-		next := len(data)
-		if end >= 0 {
-			next = i + end + 1
-		}
-		if i > start && isDocMarker(data[i:next]) {
+	for i := 0; i < len(data); line++ {
+		end, next := nextLine(data, i)
+		if i > start && isDocMarker(data[i:end]) {
 			out = append(out, chunk{data: data[start:i], line: startLine})
 			start, startLine = i, line
 		}
 		i = next
-		line++
 	}
 	if start < len(data) {
 		out = append(out, chunk{data: data[start:], line: startLine})
@@ -142,18 +139,49 @@ func splitDocuments(data []byte) []chunk {
 	return out
 }
 
+// lineBreak returns the width of the line break at data[i], or 0. These are
+// the breaks yaml.v3 counts (YAML 1.1): LF, CR LF, a bare CR, and the
+// Unicode NEL, LINE SEPARATOR and PARAGRAPH SEPARATOR. Counting fewer would
+// make galley's line numbers disagree with the parser's.
+func lineBreak(data []byte, i int) int {
+	switch c := data[i]; c {
+	case '\n':
+		return 1
+	case '\r':
+		if i+1 < len(data) && data[i+1] == '\n' {
+			return 2
+		}
+		return 1
+	case 0xC2: // U+0085 NEL
+		if i+1 < len(data) && data[i+1] == 0x85 {
+			return 2
+		}
+	case 0xE2: // U+2028, U+2029
+		if i+2 < len(data) && data[i+1] == 0x80 && (data[i+2] == 0xA8 || data[i+2] == 0xA9) {
+			return 3
+		}
+	}
+	return 0
+}
+
+// nextLine returns where the line starting at data[i] ends (before its
+// break) and where the next one starts.
+func nextLine(data []byte, i int) (end, next int) {
+	for j := i; j < len(data); j++ {
+		if w := lineBreak(data, j); w > 0 {
+			return j, j + w
+		}
+	}
+	return len(data), len(data)
+}
+
+// isDocMarker reports whether a line, without its break, is "---" alone or
+// followed by a space or tab.
 func isDocMarker(l []byte) bool {
 	if !bytes.HasPrefix(l, []byte("---")) {
 		return false
 	}
-	if len(l) == 3 {
-		return true
-	}
-	switch l[3] {
-	case ' ', '\t', '\n', '\r':
-		return true
-	}
-	return false
+	return len(l) == 3 || l[3] == ' ' || l[3] == '\t'
 }
 
 // decodeChunk parses one document whose first line is file line firstLine.
@@ -189,23 +217,13 @@ func (d *Decoder) decodeChunk(r *Result, file string, data []byte, firstLine int
 // lastContentLine returns the 1-based number of the last line of data that
 // is not blank, or 1.
 func lastContentLine(data []byte) int {
-	last, line := 1, 1
-	blank := true
-	for _, c := range data {
-		switch c {
-		case '\n':
-			if !blank {
-				last = line
-			}
-			line++
-			blank = true
-		case ' ', '\t', '\r':
-		default:
-			blank = false
+	last := 1
+	for i, line := 0, 1; i < len(data); line++ {
+		end, next := nextLine(data, i)
+		if len(bytes.Trim(data[i:end], " \t")) > 0 {
+			last = line
 		}
-	}
-	if !blank {
-		last = line
+		i = next
 	}
 	return last
 }

@@ -409,6 +409,33 @@ func TestSyntaxErrorLines(t *testing.T) {
 	require.Len(t, res.Findings, 3)
 }
 
+// TestLineBreaks covers files whose lines end in something other than LF.
+// yaml.v3 breaks lines at CR, CR LF, NEL, LS and PS too, so the document
+// splitter must as well: otherwise a CR-only file decodes as one document
+// (silently dropping the rest) and findings point past the end of the file.
+func TestLineBreaks(t *testing.T) {
+	doc := func(name string) string {
+		return "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: " + name + "}\nspec: {servers: []}\n"
+	}
+	two := doc("a") + "---\n" + doc("b") + "---\nhosts: [x]\n"
+	for _, tc := range []struct{ name, br string }{
+		{"LF", "\n"}, {"CRLF", "\r\n"}, {"CR", "\r"}, {"NEL", "\u0085"}, {"LS", "\u2028"}, {"PS", "\u2029"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			src := strings.ReplaceAll(two, "\n", tc.br)
+			res := decode.Decode("b.yaml", []byte(src))
+			require.Len(t, res.Objects, 2)
+			require.Equal(t, 6, res.Objects[1].Source.Line)
+			require.Len(t, res.Findings, 1, galleytest.Describe(res.Findings))
+			require.Equal(t, 11, res.Findings[0].Line, res.Findings[0].String())
+		})
+	}
+	// The fuzzer's find: a bare-CR document reported one line past the end.
+	res := decode.Decode("f.yaml", []byte("\r\r0"))
+	require.Len(t, res.Findings, 1)
+	require.Equal(t, 3, res.Findings[0].Line)
+}
+
 func TestLoadPaths(t *testing.T) {
 	dir := t.TempDir()
 	write := func(name, content string) {
