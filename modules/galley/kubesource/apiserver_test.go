@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 )
@@ -286,12 +287,18 @@ func TestRealAPIServer(t *testing.T) {
 	}
 
 	// A spec change is reported; a deletion is reported as removed.
-	u, err := vs.Get(ctx, "good", metav1.GetOptions{})
+	// meshd may still be writing this object's status, so retry on
+	// conflict as kubectl would.
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		u, err := vs.Get(ctx, "good", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		_ = unstructured.SetNestedStringSlice(u.Object, []string{"reviews", "reviews.shop.svc.cluster.local"}, "spec", "hosts")
+		_, err = vs.Update(ctx, u, metav1.UpdateOptions{})
+		return err
+	})
 	if err != nil {
-		t.Fatal(err)
-	}
-	_ = unstructured.SetNestedStringSlice(u.Object, []string{"reviews", "reviews.shop.svc.cluster.local"}, "spec", "hosts")
-	if _, err := vs.Update(ctx, u, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	sink.waitFor(t, "updated hosts", func() bool {

@@ -28,7 +28,9 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 )
@@ -112,23 +114,27 @@ spec:
     - destination: {host: reviews, subset: v2, port: {number: 70000}}
 `
 
-// putVS creates or replaces the VirtualService reviews.
+// putVS creates or replaces the VirtualService reviews. meshd writes the
+// object's status as it accepts or rejects it, which bumps its
+// resourceVersion, so a replace retries on conflict like kubectl does.
 func putVS(c *kubetest.Cluster, doc string) error {
 	var m map[string]any
 	if err := yaml.Unmarshal([]byte(doc), &m); err != nil {
 		return err
 	}
-	u := &unstructured.Unstructured{Object: m}
 	ri := c.Dynamic.Resource(vsGVR).Namespace("shop")
 	ctx := context.Background()
-	cur, err := ri.Get(ctx, u.GetName(), metav1.GetOptions{})
-	if err != nil {
-		_, err = ri.Create(ctx, u, metav1.CreateOptions{})
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		u := &unstructured.Unstructured{Object: runtime.DeepCopyJSON(m)}
+		cur, err := ri.Get(ctx, u.GetName(), metav1.GetOptions{})
+		if err != nil {
+			_, err = ri.Create(ctx, u, metav1.CreateOptions{})
+			return err
+		}
+		u.SetResourceVersion(cur.GetResourceVersion())
+		_, err = ri.Update(ctx, u, metav1.UpdateOptions{})
 		return err
-	}
-	u.SetResourceVersion(cur.GetResourceVersion())
-	_, err = ri.Update(ctx, u, metav1.UpdateOptions{})
-	return err
+	})
 }
 
 // TestKubernetes: Service, EndpointSlices, DestinationRule and
