@@ -38,9 +38,13 @@ func Parse(id string) (trustDomain, namespace, serviceAccount string, err error)
 }
 
 // ValidTrustDomain reports whether td is a valid SPIFFE trust domain name:
-// lowercase letters, digits, dots, dashes and underscores.
+// lowercase letters, digits, dots, dashes and underscores, in dot-separated
+// labels none of which is empty. The SPIFFE character set alone would allow
+// ".td" or "a..b", but Go's x509 (and so every grpc-go peer) refuses a
+// certificate whose URI host has an empty label, so such an ID could never
+// be used.
 func ValidTrustDomain(td string) bool {
-	if td == "" || len(td) > 255 {
+	if td == "" || len(td) > 255 || td[0] == '.' || td[len(td)-1] == '.' || strings.Contains(td, "..") {
 		return false
 	}
 	for _, c := range td {

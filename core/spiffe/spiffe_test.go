@@ -19,6 +19,10 @@ func TestParse(t *testing.T) {
 		{id: "spiffe://td/ns//sa/x", wantErr: true},
 		{id: "spiffe://td/ns/a b/sa/x", wantErr: true},
 		{id: "spiffe://td/namespace/a/sa/x", wantErr: true},
+		// Empty DNS labels: x509 refuses such URI hosts (found by FuzzParseCSR).
+		{id: "spiffe://.td/ns/a/sa/x", wantErr: true},
+		{id: "spiffe://td./ns/a/sa/x", wantErr: true},
+		{id: "spiffe://a..b/ns/a/sa/x", wantErr: true},
 	}
 	for _, tt := range tests {
 		td, ns, sa, err := Parse(tt.id)

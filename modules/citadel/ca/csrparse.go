@@ -163,8 +163,10 @@ func parseFast(raw []byte) (*CSR, error) {
 			return nil, errSlowPath
 		}
 		if tag != tagSANURI {
-			c.extraNames++
-			continue
+			// Any other name gets the CSR refused (ErrExtraSAN), so there
+			// is no speed to win; the standard parser checks its syntax
+			// and the refusal says what it found.
+			return nil, errSlowPath
 		}
 		// Only well-formed SPIFFE IDs, which are plain IA5 and parse as
 		// URIs with a valid host just as the standard parser demands.
