@@ -202,7 +202,9 @@ type routeCtx struct {
 // through gateways ("mesh" for sidecars and proxyless clients, else
 // namespace/name). Each match becomes one route; matches for another port,
 // gateway, source namespace or source labels are left out, and an HTTP
-// route whose matches are all left out does not apply.
+// route whose matches are all left out does not apply. A route with
+// delegate stands for the delegate's routes merged with it, as in Istio
+// (see delegatedRoutes).
 func HTTPRoutes(s *Scope, vs *index.VirtualService, port uint32, proto model.Protocol, gateways ...string) []*routev3.Route {
 	if len(gateways) == 0 {
 		gateways = []string{index.MeshGateway}
@@ -210,17 +212,26 @@ func HTTPRoutes(s *Scope, vs *index.VirtualService, port uint32, proto model.Pro
 	rc := routeCtx{s: s, ns: vs.Namespace(), port: port, proto: proto, gateways: gateways}
 	var out []*routev3.Route
 	for _, hr := range vs.Spec.GetHttp() {
-		if hr.GetDelegate() != nil {
-			continue // delegation is not supported
-		}
-		if len(hr.GetMatch()) == 0 {
-			out = append(out, rc.route(hr, nil))
+		if hr.GetDelegate() == nil {
+			out = rc.appendRoutes(out, hr)
 			continue
 		}
-		for _, m := range hr.GetMatch() {
-			if rc.applies(m) {
-				out = append(out, rc.route(hr, m))
-			}
+		for _, dr := range delegatedRoutes(s.Index, vs, hr) {
+			out = rc.appendRoutes(out, dr)
+		}
+	}
+	return out
+}
+
+// appendRoutes appends hr's routes: one per match that applies, or one
+// matching everything when hr has no matches.
+func (rc routeCtx) appendRoutes(out []*routev3.Route, hr *networking.HTTPRoute) []*routev3.Route {
+	if len(hr.GetMatch()) == 0 {
+		return append(out, rc.route(hr, nil))
+	}
+	for _, m := range hr.GetMatch() {
+		if rc.applies(m) {
+			out = append(out, rc.route(hr, m))
 		}
 	}
 	return out

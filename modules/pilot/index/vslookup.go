@@ -3,6 +3,9 @@ package index
 import (
 	"slices"
 	"strings"
+
+	galleyapi "github.com/meshd/meshd/modules/galley/api"
+	networking "istio.io/api/networking/v1alpha3"
 )
 
 // meshCandidates returns the positions in meshVS of the VirtualServices
@@ -37,4 +40,22 @@ func (ix *Index) meshCandidates(host string) []int {
 	out = append(append(out, exact...), ix.vsWild...)
 	slices.Sort(out)
 	return slices.Compact(out)
+}
+
+// Delegate returns the VirtualService namespace/name as a root
+// VirtualService in rootNS may delegate to it, or nil when Istio would skip
+// the delegation: no such VirtualService, one with hosts (that is a
+// VirtualService of its own, not a delegate), or one whose exportTo hides
+// it from rootNS. The snapshot's key lookup answers this directly, so the
+// index keeps no table of its own for it.
+func (ix *Index) Delegate(namespace, name, rootNS string) *VirtualService {
+	o, ok := ix.Config.Get(galleyapi.MakeKey(galleyapi.KindVirtualService, namespace, name))
+	if !ok {
+		return nil
+	}
+	spec, ok := o.Spec.(*networking.VirtualService)
+	if !ok || len(spec.GetHosts()) > 0 || !exportedTo(spec.GetExportTo(), namespace, rootNS) {
+		return nil
+	}
+	return &VirtualService{Object: o, Spec: spec}
 }
