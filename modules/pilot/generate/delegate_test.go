@@ -206,9 +206,9 @@ func TestDelegation(t *testing.T) {
 			want: []string{" prefix=/ -> " + v1},
 		},
 		{
-			name: "a private delegate serves its own namespace",
+			name:   "a private delegate serves its own namespace",
 			config: vs(`  - delegate: {name: d}`) + delegateVS("ns", "d", "  exportTo: [\".\"]\n", `  - route: [{destination: {host: a, subset: v2}}]`),
-			want: []string{" prefix=/ -> " + v2},
+			want:   []string{" prefix=/ -> " + v2},
 		},
 		{
 			name: "a missing delegate yields nothing, the other routes stay",
@@ -218,7 +218,7 @@ func TestDelegation(t *testing.T) {
 			want: []string{" prefix=/ -> " + v1},
 		},
 		{
-			name: "a VirtualService whose only route delegates to nothing falls back to the default route",
+			name:   "a VirtualService whose only route delegates to nothing falls back to the default route",
 			config: vs(`  - delegate: {name: nowhere, namespace: gone}`),
 			want:   []string{"default prefix=/ -> outbound|80||" + aHost},
 		},
