@@ -7,6 +7,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	"google.golang.org/protobuf/proto"
+	networking "istio.io/api/networking/v1alpha3"
 
 	"github.com/meshd/meshd/core"
 	galleyapi "github.com/meshd/meshd/modules/galley/api"
@@ -18,8 +19,9 @@ import (
 // groups of proxies and pushes, keyed by exactly the inputs each one is
 // built from: the service (by host, namespace and the digest of its
 // definition, or of its endpoints for an assignment), the DestinationRule
-// object that applies, the flavor and mesh settings, and, where locality
-// matters, the proxy's locality. Services and config objects are immutable
+// object that applies, the flavor and mesh settings, and, where the rule
+// makes endpoints depend on the proxy, its locality and its values of the
+// rule's failoverPriority labels. Services and config objects are immutable
 // and keep their identity while unchanged, so after one proxy's config is
 // built, every other group and every later push reuses what did not
 // change; a rule or service that changes simply misses.
@@ -58,6 +60,10 @@ type clusterKey struct {
 	// mtls is what auto mTLS decided (authn), which depends on
 	// PeerAuthentications and, for proxyless clients, on the endpoints.
 	mtls string
+	// locality and failover are set for DNS clusters, which carry their
+	// endpoints, as in claKey.
+	locality model.Locality
+	failover string
 }
 
 type claKey struct {
@@ -66,6 +72,9 @@ type claKey struct {
 	svc      svcKey
 	rule     *galleyapi.Object
 	locality model.Locality
+	// failover is the proxy's values of the rule's failoverPriority
+	// labels (failoverKey), empty when the rule does not use it.
+	failover string
 	// peerAuth is the PeerAuthentication digest: Envoy endpoints carry
 	// the tlsMode metadata only where mTLS is not disabled.
 	peerAuth uint64
@@ -141,6 +150,9 @@ func (c *Cache) cluster(s *Scope, r ClusterRef) (*clusterv3.Cluster, string) {
 		svc:  svcKey{r.Service.Hostname, r.Service.Namespace, digest},
 		port: r.Port, rule: ruleObject(r), mtls: autoMTLSKey(s, r),
 	}
+	if !r.EDS() {
+		k.locality, k.failover = endpointProxyKey(s, s.Policy(r))
+	}
 	c.mu.Lock()
 	e := c.clusters[k]
 	if e != nil {
@@ -165,9 +177,22 @@ func (c *Cache) cluster(s *Scope, r ClusterRef) (*clusterv3.Cluster, string) {
 	return cl, e.version
 }
 
+// endpointProxyKey returns what endpoints built with policy tp read of
+// the proxy: its locality when the policy enables locality-aware load
+// balancing (outlier detection or locality settings), and its
+// failoverPriority values when the policy uses failoverPriority. Both are
+// empty otherwise, so proxies anywhere, labelled anyhow, share one
+// assignment.
+func endpointProxyKey(s *Scope, tp *networking.TrafficPolicy) (model.Locality, string) {
+	if tp.GetOutlierDetection() == nil && tp.GetLoadBalancer().GetLocalityLbSetting() == nil {
+		return model.Locality{}, ""
+	}
+	return s.Locality, failoverKey(s, tp)
+}
+
 // loadAssignment returns the cached assignment for r, building it if
-// needed. The proxy's locality is part of the key only when the policy
-// makes endpoints depend on it.
+// needed. The proxy's locality and labels are part of the key only when
+// the policy makes endpoints depend on them (endpointProxyKey).
 func (c *Cache) loadAssignment(s *Scope, r ClusterRef) (*endpointv3.ClusterLoadAssignment, string) {
 	k := claKey{
 		flavor: s.Flavor, name: r.Name,
@@ -177,9 +202,7 @@ func (c *Cache) loadAssignment(s *Scope, r ClusterRef) (*endpointv3.ClusterLoadA
 	if s.Flavor == Envoy {
 		k.peerAuth = authn.For(s.Index).Digest()
 	}
-	if tp := s.Policy(r); tp.GetOutlierDetection() != nil || tp.GetLoadBalancer().GetLocalityLbSetting() != nil {
-		k.locality = s.Locality
-	}
+	k.locality, k.failover = endpointProxyKey(s, s.Policy(r))
 	c.mu.Lock()
 	e := c.clas[k]
 	if e != nil {

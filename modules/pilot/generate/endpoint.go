@@ -72,6 +72,7 @@ type localityGroup struct {
 	key      string
 	lbs      []*endpointv3.LbEndpoint
 	weight   uint64 // sum of endpoint weights
+	level    uint32 // failoverPriority level of every endpoint in it
 	priority uint32
 }
 
@@ -80,9 +81,25 @@ type localityGroup struct {
 // locality without weight and rejects a group without locality. Locality
 // weights are the sum of endpoint weights unless a distribute rule sets
 // them; priorities implement locality failover when the policy asks for it.
+//
+// failoverPriority ranks endpoints rather than localities, so with it a
+// group is a locality and a failoverPriority level: one locality may be
+// listed once per level, each in its own priority, which grpc-go accepts
+// (it rejects a locality listed twice in one priority).
 func localityGroups(s *Scope, r ClusterRef, eps []*model.Endpoint, tp *networking.TrafficPolicy) []*endpointv3.LocalityLbEndpoints {
 	if len(eps) == 0 {
 		return nil
+	}
+	lb := tp.GetLoadBalancer()
+	ll := lb.GetLocalityLbSetting()
+	rule := distributeRule(s, lb)
+	// As in Istio, failover needs outlier detection: without it nothing
+	// ever marks the preferred endpoints unhealthy, and traffic would
+	// stay on them however they fail.
+	failover := rule == nil && tp.GetOutlierDetection() != nil && localityLBEnabled(lb)
+	var byLabels []priorityLabel
+	if failover && len(ll.GetFailoverPriority()) > 0 {
+		byLabels = priorityLabels(ll.GetFailoverPriority(), s.workload())
 	}
 	var groups []*localityGroup
 	var seen map[string]bool // for long lists; short ones are scanned
@@ -100,26 +117,50 @@ func localityGroups(s *Scope, r ClusterRef, eps []*model.Endpoint, tp *networkin
 		} else if duplicate(eps[:i], e) {
 			continue
 		}
+		var level uint32
+		if byLabels != nil {
+			level = labelLevel(byLabels, workload{labels: e.Labels, locality: e.Locality, network: e.Network})
+		}
 		var g *localityGroup
 		for _, x := range groups {
-			if x.loc == e.Locality {
+			if x.loc == e.Locality && x.level == level {
 				g = x
 				break
 			}
 		}
 		if g == nil {
-			g = &localityGroup{loc: e.Locality, key: e.Locality.String()}
+			g = &localityGroup{loc: e.Locality, key: e.Locality.String(), level: level}
 			groups = append(groups, g)
 		}
 		g.lbs = append(g.lbs, lbEndpoint(s, r, e))
 		g.weight += uint64(e.LBWeight())
 	}
-	slices.SortFunc(groups, func(a, b *localityGroup) int { return strings.Compare(a.key, b.key) })
+	slices.SortFunc(groups, func(a, b *localityGroup) int {
+		return cmp.Or(strings.Compare(a.key, b.key), cmp.Compare(a.level, b.level))
+	})
 
-	lb := tp.GetLoadBalancer()
-	weights := distribute(s, lb, groups)
-	if weights == nil && tp.GetOutlierDetection() != nil && localityLBEnabled(lb) && s.Locality.Region != "" {
-		failoverPriorities(s, lb.GetLocalityLbSetting(), groups)
+	var weights []uint32
+	switch {
+	case rule != nil:
+		weights = distribute(rule, groups)
+	case byLabels != nil:
+		// Istio: the failoverPriority level decides; with failover rules
+		// too, the locality level orders endpoints within each level.
+		byLocality := len(ll.GetFailover()) > 0 && s.Locality.Region != ""
+		to := failoverTo(s, ll)
+		for _, g := range groups {
+			g.priority = g.level * localityLevels
+			if byLocality {
+				g.priority += localityLevel(s.Locality, g.loc, to)
+			}
+		}
+		squeeze(groups)
+	case failover && s.Locality.Region != "":
+		to := failoverTo(s, ll)
+		for _, g := range groups {
+			g.priority = localityLevel(s.Locality, g.loc, to)
+		}
+		squeeze(groups)
 	}
 
 	out := make([]*endpointv3.LocalityLbEndpoints, 0, len(groups))
@@ -196,25 +237,24 @@ func SocketAddress(addr string, port uint32) *corev3.Address {
 	}}}
 }
 
-// distribute applies the first locality distribute rule whose "from"
-// matches the proxy's locality: each "to" entry's weight is shared by the
-// localities it matches in proportion to their endpoint counts, and
-// localities no entry matches get no traffic. It returns nil when no rule
-// applies.
-func distribute(s *Scope, lb *networking.LoadBalancerSettings, groups []*localityGroup) []uint32 {
+// distributeRule returns the first locality distribute rule whose "from"
+// matches the proxy's locality, or nil when none does.
+func distributeRule(s *Scope, lb *networking.LoadBalancerSettings) *networking.LocalityLoadBalancerSetting_Distribute {
 	if !localityLBEnabled(lb) {
 		return nil
 	}
-	var rule *networking.LocalityLoadBalancerSetting_Distribute
 	for _, d := range lb.GetLocalityLbSetting().GetDistribute() {
 		if LocalityMatches(d.GetFrom(), s.Locality) {
-			rule = d
-			break
+			return d
 		}
 	}
-	if rule == nil {
-		return nil
-	}
+	return nil
+}
+
+// distribute applies a distribute rule: each "to" entry's weight is
+// shared by the localities it matches in proportion to their endpoint
+// counts, and localities no entry matches get no traffic.
+func distribute(rule *networking.LocalityLoadBalancerSetting_Distribute, groups []*localityGroup) []uint32 {
 	weights := make([]uint32, len(groups))
 	taken := make([]bool, len(groups))
 	for _, to := range sortedKeys(rule.GetTo()) {
@@ -237,35 +277,44 @@ func distribute(s *Scope, lb *networking.LoadBalancerSettings, groups []*localit
 	return weights
 }
 
-// failoverPriorities sets Istio's locality failover priorities relative to
-// the proxy: same subzone first, then same zone, same region, the region
-// named by a failover rule for the proxy's region, and everything else.
-// Unused levels are squeezed out, since grpc-go rejects gaps.
-func failoverPriorities(s *Scope, ll *networking.LocalityLoadBalancerSetting, groups []*localityGroup) {
-	failoverTo := ""
+// localityLevels is the number of locality failover levels (localityLevel
+// returns 0 to 4).
+const localityLevels = 5
+
+// failoverTo returns the region a failover rule names for the proxy's
+// region, or "".
+func failoverTo(s *Scope, ll *networking.LocalityLoadBalancerSetting) string {
 	for _, f := range ll.GetFailover() {
 		if f.GetFrom() == s.Locality.Region {
-			failoverTo = f.GetTo()
-			break
+			return f.GetTo()
 		}
 	}
-	p := s.Locality
-	for _, g := range groups {
-		l := g.loc
-		switch {
-		case l.Region == p.Region && l.Zone == p.Zone && l.Subzone == p.Subzone:
-			g.priority = 0
-		case l.Region == p.Region && l.Zone == p.Zone:
-			g.priority = 1
-		case l.Region == p.Region:
-			g.priority = 2
-		case failoverTo != "" && l.Region == failoverTo:
-			g.priority = 3
-		default:
-			g.priority = 4
-		}
+	return ""
+}
+
+// localityLevel is Istio's locality failover level of locality l for a
+// proxy in p: 0 in the same subzone, 1 in the same zone, 2 in the same
+// region, 3 in the region failover names (to), 4 anywhere else.
+func localityLevel(p, l model.Locality, to string) uint32 {
+	switch {
+	case l.Region == p.Region && l.Zone == p.Zone && l.Subzone == p.Subzone:
+		return 0
+	case l.Region == p.Region && l.Zone == p.Zone:
+		return 1
+	case l.Region == p.Region:
+		return 2
+	case to != "" && l.Region == to:
+		return 3
+	default:
+		return 4
 	}
-	used := make([]uint32, 0, 5)
+}
+
+// squeeze renumbers the groups' priorities 0, 1, 2, ... in their order,
+// leaving out unused levels: grpc-go rejects an assignment whose
+// priorities have gaps.
+func squeeze(groups []*localityGroup) {
+	used := make([]uint32, 0, localityLevels)
 	for _, g := range groups {
 		if !slices.Contains(used, g.priority) {
 			used = append(used, g.priority)

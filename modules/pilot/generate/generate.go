@@ -114,6 +114,9 @@ type Scope struct {
 	Labels map[string]string
 	// Locality is the proxy's own locality, for locality-aware endpoints.
 	Locality model.Locality
+	// Network is the proxy's network (node metadata NETWORK), which
+	// failoverPriority may compare endpoints' networks with.
+	Network string
 	// Sidecar narrows the services a sidecar or proxyless client sees; nil
 	// for gateways and where no Sidecar applies.
 	Sidecar *index.Sidecar
@@ -161,11 +164,9 @@ func NewScope(ix *index.Index, p *xdsapi.Proxy, f Flavor) *Scope {
 		if p.Namespace != "" {
 			s.Namespace = p.Namespace
 		}
-		s.Labels = p.Labels
+		w := proxyWorkload(p)
+		s.Labels, s.Locality, s.Network = w.labels, w.locality, w.network
 		s.Gateway = p.Type == xdsapi.Gateway
-		if l := p.Node.GetLocality(); l != nil {
-			s.Locality = model.Locality{Region: l.GetRegion(), Zone: l.GetZone(), Subzone: l.GetSubZone()}
-		}
 	}
 	if !s.Gateway {
 		s.Sidecar = ix.SidecarFor(s.Namespace, s.Labels)
@@ -176,9 +177,10 @@ func NewScope(ix *index.Index, p *xdsapi.Proxy, f Flavor) *Scope {
 // Key returns the part of a generator key that covers everything this
 // package reads from a proxy: its type (flavor, gateway or not), namespace,
 // the Sidecar that applies to it, which sourceLabels selectors its labels
-// match, and its locality when some DestinationRule makes endpoints depend
-// on it. Generators that read more (listeners read a sidecar's IP and
-// labels) append their own parts.
+// match, its locality when some DestinationRule makes endpoints depend
+// on it, and its values of the labels failoverPriority rules name.
+// Generators that read more (listeners read a sidecar's IP and labels)
+// append their own parts.
 func Key(ix *index.Index, p *xdsapi.Proxy) string {
 	var b strings.Builder
 	b.Grow(64)
@@ -218,6 +220,16 @@ func Key(ix *index.Index, p *xdsapi.Proxy) string {
 			b.WriteString(l.GetZone())
 			b.WriteByte('/')
 			b.WriteString(l.GetSubZone())
+		}
+	}
+	if labels := ix.FailoverPriorityLabels(); len(labels) > 0 {
+		// Only the named labels: proxies that differ in others keep
+		// sharing one generated set. Topology labels resolve to the
+		// proxy's locality and network, as endpoints compare them.
+		w := proxyWorkload(p)
+		b.WriteString("|fp=")
+		for _, l := range labels {
+			writeKeyValue(&b, w.label(l))
 		}
 	}
 	return b.String()

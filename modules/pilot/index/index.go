@@ -90,6 +90,7 @@ type Index struct {
 
 	sourceSelectors   []map[string]string
 	localitySensitive bool
+	failoverLabels    []string
 
 	vsOnce   sync.Once
 	vsByHost map[string][]int // exact host -> positions in meshVS
@@ -150,6 +151,7 @@ func New(mesh core.MeshConfig, rootNS string, view *registry.View, cfg *galleyap
 		if !ix.localitySensitive && usesLocality(spec) {
 			ix.localitySensitive = true
 		}
+		ix.addFailoverLabels(spec)
 	}
 	for o := range cfg.All(galleyapi.KindSidecar) {
 		if spec, ok := o.Spec.(*networking.Sidecar); ok {
@@ -204,6 +206,33 @@ func (ix *Index) SourceSelectors() []map[string]string { return ix.sourceSelecto
 // is what turns on Istio's locality failover). Only then do endpoints depend on
 // the proxy's own locality, so only then must a generator key include it.
 func (ix *Index) LocalitySensitive() bool { return ix.localitySensitive }
+
+// FailoverPriorityLabels returns the distinct labels DestinationRules name
+// in failoverPriority without a fixed value ("label=value" compares
+// endpoints with the value, not with the proxy), in a stable order.
+// Endpoints built for a proxy depend on its labels only through these, so
+// a generator key needs the proxy's values of these and no other labels.
+func (ix *Index) FailoverPriorityLabels() []string { return ix.failoverLabels }
+
+func (ix *Index) addFailoverLabels(dr *networking.DestinationRule) {
+	add := func(lb *networking.LoadBalancerSettings) {
+		for _, l := range lb.GetLocalityLbSetting().GetFailoverPriority() {
+			if !strings.ContainsRune(l, '=') && !slices.Contains(ix.failoverLabels, l) {
+				ix.failoverLabels = append(ix.failoverLabels, l)
+			}
+		}
+	}
+	policies := []*networking.TrafficPolicy{dr.GetTrafficPolicy()}
+	for _, s := range dr.GetSubsets() {
+		policies = append(policies, s.GetTrafficPolicy())
+	}
+	for _, tp := range policies {
+		add(tp.GetLoadBalancer())
+		for _, pl := range tp.GetPortLevelSettings() {
+			add(pl.GetLoadBalancer())
+		}
+	}
+}
 
 func usesLocality(dr *networking.DestinationRule) bool {
 	policies := []*networking.TrafficPolicy{dr.GetTrafficPolicy()}

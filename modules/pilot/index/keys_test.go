@@ -121,3 +121,43 @@ func TestMeshVirtualServicesLookup(t *testing.T) {
 		}
 	}
 }
+
+// TestFailoverPriorityLabels checks which labels generator keys must
+// read: every failoverPriority label at any level, once, except those
+// with a fixed value.
+func TestFailoverPriorityLabels(t *testing.T) {
+	r := decode.Decode("t.yaml", []byte(`
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: a, namespace: shop}
+spec:
+  host: a
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 3}
+    loadBalancer: {localityLbSetting: {failoverPriority: [topology.istio.io/network, version]}}
+    portLevelSettings:
+    - port: {number: 80}
+      loadBalancer: {localityLbSetting: {failoverPriority: [rack]}}
+  subsets:
+  - name: v1
+    labels: {v: "1"}
+    trafficPolicy: {loadBalancer: {localityLbSetting: {failoverPriority: [version, "team=a"]}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: b, namespace: shop}
+spec:
+  host: b
+  trafficPolicy: {outlierDetection: {consecutive5xxErrors: 3}}
+`))
+	for _, f := range r.Findings {
+		if f.Severity == galleyapi.SeverityError {
+			t.Fatalf("decode: %v", f)
+		}
+	}
+	ix := New(core.DefaultMeshConfig(), "istio-system", nil, galleyapi.NewSnapshot(1, r.Objects))
+	want := []string{"topology.istio.io/network", "version", "rack"}
+	if got := ix.FailoverPriorityLabels(); !slices.Equal(got, want) {
+		t.Errorf("FailoverPriorityLabels %q, want %q", got, want)
+	}
+}
