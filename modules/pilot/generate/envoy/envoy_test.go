@@ -80,22 +80,30 @@ type goldenCase struct {
 	name  string
 	mesh  core.MeshConfig
 	proxy *api.Proxy
+	// config is the file in testdata the index is built from; empty means
+	// mesh.yaml.
+	config string
 }
 
 var goldenCases = []goldenCase{
 	// A sidecar in a namespace without a Sidecar resource: default
 	// visibility, ALLOW_ANY, HTTP, gRPC, TCP (with and without a VIP) and
 	// TLS ports, inbound HTTP and TCP ports.
-	{"sidecar-allow-any", core.DefaultMeshConfig(), productpage},
+	{"sidecar-allow-any", core.DefaultMeshConfig(), productpage, ""},
 	// The same sidecar with the mesh set to REGISTRY_ONLY.
-	{"sidecar-registry-only", registryOnly(), productpage},
+	{"sidecar-registry-only", registryOnly(), productpage, ""},
 	// A sidecar scoped by a Sidecar resource (egress hosts, ingress port
 	// with a default endpoint, its own REGISTRY_ONLY policy).
-	{"sidecar-scoped", core.DefaultMeshConfig(), orders},
+	{"sidecar-scoped", core.DefaultMeshConfig(), orders, ""},
 	// An ingress gateway selected by two Gateways: HTTP with an HTTPS
 	// redirect, HTTP on a wildcard host, HTTPS SIMPLE and MUTUAL with SDS
 	// credentials on one port, HTTPS ISTIO_MUTUAL, TLS passthrough, TCP.
-	{"gateway", core.DefaultMeshConfig(), ingress},
+	{"gateway", core.DefaultMeshConfig(), ingress, ""},
+	// VirtualService delegation (delegate.yaml): a sidecar whose service's
+	// root VirtualService delegates to another namespace, and a gateway
+	// whose root delegates to that delegate and to one of its own.
+	{"sidecar-delegate", core.DefaultMeshConfig(), productpage, "delegate.yaml"},
+	{"gateway-delegate", core.DefaultMeshConfig(), ingress, "delegate.yaml"},
 }
 
 type output struct {
@@ -113,6 +121,13 @@ func TestGolden(t *testing.T) {
 	for _, tc := range goldenCases {
 		t.Run(tc.name, func(t *testing.T) {
 			ix := testIndex(t, tc.mesh)
+			if tc.config != "" {
+				b, err := os.ReadFile(filepath.Join("testdata", tc.config))
+				if err != nil {
+					t.Fatal(err)
+				}
+				ix = buildIndex(t, tc.mesh, string(b))
+			}
 			out := genAll(ix, tc.proxy)
 			checkOutput(t, ix, tc.proxy, out)
 			compareGolden(t, filepath.Join("testdata", tc.name+".golden"), render(t, out))
