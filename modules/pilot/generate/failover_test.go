@@ -359,3 +359,29 @@ spec:
 		t.Errorf("v2 proxy prefers %s (the v1 proxy's cached cluster?)", got)
 	}
 }
+
+// TestFailoverPriorityGolden renders the assignment a client gets from a
+// rule combining failoverPriority with failover, for both flavors, checks
+// it with ValidateAll and grpc-go's rules, and compares it with
+// testdata/failover-priority.endpoints.json (-update rewrites it).
+func TestFailoverPriorityGolden(t *testing.T) {
+	ix := buildIndex(t, fpService(`    outlierDetection: {consecutive5xxErrors: 5, interval: 1s, baseEjectionTime: 30s}
+    loadBalancer:
+      localityLbSetting:
+        failoverPriority: [topology.istio.io/network, version]
+        failover: [{from: r1, to: r3}]
+`))
+	p := proxy(xdsapi.Proxyless, "ns", map[string]string{"version": "v1", "app": "client"}, "r1/z1")
+	p.Metadata = map[string]string{"NETWORK": "n1"}
+	var msgs []*endpointv3.ClusterLoadAssignment
+	for _, f := range []Flavor{Proxyless, Envoy} {
+		s := NewScope(ix, p, f)
+		clas := LoadAssignments(s, nil)
+		validate(t, "load assignment", clas)
+		for _, cla := range clas {
+			checkGRPCAccepts(t, cla)
+		}
+		msgs = append(msgs, clas...)
+	}
+	golden(t, "failover-priority.endpoints.json", render(t, asMessages(msgs)...))
+}
