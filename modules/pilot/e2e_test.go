@@ -154,6 +154,42 @@ spec:
   trafficPolicy:
     loadBalancer: {consistentHash: {httpHeaderName: x-user}}
 ---
+{{template "service" "deleg"}}
+{{template "workload" (list "deleg-api" "deleg" "api")}}
+{{template "workload" (list "deleg-echo" "deleg" "echo")}}
+{{template "workload" (list "deleg-other" "deleg" "other")}}
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: deleg, namespace: shop}
+spec:
+  host: deleg
+  subsets:
+  - {name: api, labels: {version: api}}
+  - {name: echo, labels: {version: echo}}
+  - {name: other, labels: {version: other}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: deleg, namespace: shop}
+spec:
+  hosts: [deleg]
+  http:
+  - match: [{uri: {prefix: /meshd.test.Echo/}}]
+    delegate: {name: deleg-routes, namespace: team}
+  - route: [{destination: {host: deleg, subset: other}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: deleg-routes, namespace: team}
+spec:
+  exportTo: [shop]
+  http:
+  - match: [{uri: {prefix: {{.DelegPrefix}}}}]
+    route: [{destination: {host: deleg.shop.svc.cluster.local, subset: api}}]
+  - match: [{uri: {prefix: /meshd.test.Admin/}}]
+    route: [{destination: {host: deleg.shop.svc.cluster.local, subset: api}}]
+  - route: [{destination: {host: deleg.shop.svc.cluster.local, subset: echo}}]
+---
 {{template "service" "shrink"}}
 {{template "workload" (list "shrink-1" "shrink" "v1")}}
 {{if .ShrinkBoth}}{{template "workload" (list "shrink-2" "shrink" "v1")}}{{end}}
@@ -164,6 +200,9 @@ spec:
 type e2eVars struct {
 	SplitV1, SplitV2 int
 	ShrinkBoth       bool
+	// DelegPrefix is the path prefix the delegate VirtualService sends to
+	// deleg-api.
+	DelegPrefix string
 }
 
 func renderMesh(t *testing.T, backends map[string]*backend, v e2eVars) string {
@@ -197,10 +236,11 @@ func TestE2EGRPC(t *testing.T) {
 	for _, name := range []string{
 		"split-v1", "split-v2", "match-main", "match-canary", "match-other", "retry-1", "slow-1", "fault-1",
 		"outlier-good", "outlier-bad", "sticky-1", "sticky-2", "sticky-3", "shrink-1", "shrink-2",
+		"deleg-api", "deleg-echo", "deleg-other",
 	} {
 		backends[name] = newBackend(t, name)
 	}
-	vars := e2eVars{SplitV1: 80, SplitV2: 20, ShrinkBoth: true}
+	vars := e2eVars{SplitV1: 80, SplitV2: 20, ShrinkBoth: true, DelegPrefix: "/meshd.test.Echo/Oth"}
 	e := start(t, renderMesh(t, backends, vars), nil)
 	c := newClient(t, e.XDSAddr(), "shop")
 
@@ -245,6 +285,36 @@ func TestE2EGRPC(t *testing.T) {
 				t.Errorf("%s: %v %v (%s), want all 50 on %s", tc.name, r.Backends, r.Codes, r.FirstErr, tc.backend)
 			}
 		}
+	})
+
+	// The root VirtualService hands /meshd.test.Echo/ to a delegate in
+	// another namespace; the delegate's /meshd.test.Admin/ route lies
+	// outside that and is dropped, so Admin calls take the root's fallback.
+	t.Run("a delegate VirtualService routes the root's path prefix and an edit to it alone takes effect", func(t *testing.T) {
+		warm(t, "deleg")
+		const methodAdmin = "/meshd.test.Admin/Call"
+		check := func(t *testing.T, want map[string]string) {
+			t.Helper()
+			for _, method := range []string{methodCall, methodOther, methodAdmin} {
+				r := c.run(rpcBatch{Target: target("deleg"), Method: method, N: 50})
+				if r.Backends[want[method]] != 50 {
+					t.Errorf("%s: %v %v (%s), want all 50 on %s", method, r.Backends, r.Codes, r.FirstErr, want[method])
+				}
+			}
+		}
+		check(t, map[string]string{methodOther: "deleg-api", methodCall: "deleg-echo", methodAdmin: "deleg-other"})
+
+		start := time.Now()
+		vars.DelegPrefix = "/meshd.test.Echo/Call"
+		e.galley.apply(t, renderMesh(t, backends, vars))
+		waitFor(t, time.Second, "the delegate's new prefix", func() error {
+			if r := c.run(rpcBatch{Target: target("deleg"), Method: methodCall, N: 5}); r.Backends["deleg-api"] != 5 {
+				return errNotYet
+			}
+			return nil
+		})
+		t.Logf("delegate edit in effect after %v", time.Since(start).Round(time.Millisecond))
+		check(t, map[string]string{methodCall: "deleg-api", methodOther: "deleg-echo", methodAdmin: "deleg-other"})
 	})
 
 	t.Run("retries succeed past a backend that fails its first two attempts", func(t *testing.T) {
