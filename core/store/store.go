@@ -20,6 +20,11 @@
 // bbolt commits are fsynced, so a write that returned nil survives a crash or
 // SIGKILL. The file lock makes a second meshd on the same data dir fail fast
 // with ErrLocked instead of waiting forever.
+//
+// The lock also means the file cannot be copied safely from outside while
+// meshd runs: backups are snapshots taken inside the process from one read
+// transaction (snapshot.go), checked with VerifySnapshot and put back, with
+// meshd stopped, by Restore (restore.go).
 package store
 
 import (
