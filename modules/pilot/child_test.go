@@ -177,6 +177,21 @@ type client struct {
 // proxyless client in namespace ns.
 func newClient(t *testing.T, xdsAddr, ns string) *client {
 	t.Helper()
+	return newLabelledClient(t, xdsAddr, ns, "", nil)
+}
+
+// newLabelledClient is newClient for a client whose node metadata carries
+// workload labels (LABELS); name tells its node ID from other clients'.
+func newLabelledClient(t *testing.T, xdsAddr, ns, name string, labels map[string]string) *client {
+	t.Helper()
+	meta := map[string]any{"NAMESPACE": ns, "GENERATOR": "grpc"}
+	if labels != nil {
+		meta["LABELS"] = labels
+	}
+	id := "e2e-client-" + strconv.Itoa(os.Getpid())
+	if name != "" {
+		id += "-" + name
+	}
 	bootstrap, err := json.Marshal(map[string]any{
 		"xds_servers": []any{map[string]any{
 			"server_uri":      xdsAddr,
@@ -184,8 +199,8 @@ func newClient(t *testing.T, xdsAddr, ns string) *client {
 			"server_features": []any{"xds_v3"},
 		}},
 		"node": map[string]any{
-			"id":       "e2e-client-" + strconv.Itoa(os.Getpid()),
-			"metadata": map[string]any{"NAMESPACE": ns, "GENERATOR": "grpc"},
+			"id":       id,
+			"metadata": meta,
 			"locality": map[string]any{"region": "local", "zone": "a"},
 		},
 	})
