@@ -66,6 +66,10 @@ type priorityLabel struct {
 // priorityLabels resolves failoverPriority entries for a proxy. An entry
 // "label" wants the proxy's own value; Istio's "label=value" wants the
 // given value whatever the proxy has, so all proxies share one preference.
+// A label the proxy lacks wants endpoints that lack it too. Istio instead
+// skips failoverPriority for a proxy without any labels, but its proxies
+// always carry topology.istio.io/cluster, so it never skips in practice;
+// meshd has no such label and so never skips either.
 func priorityLabels(entries []string, proxy workload) []priorityLabel {
 	out := make([]priorityLabel, len(entries))
 	for i, e := range entries {
