@@ -57,6 +57,9 @@ type Host struct {
 	runErr      map[ModuleID]error
 	running     atomic.Bool
 	cleanedUp   bool
+
+	// snapMu is held while POST /store/snapshot writes one.
+	snapMu sync.Mutex
 }
 
 // NewHost resolves the enabled modules and decodes their config sections. It
@@ -193,8 +196,8 @@ func (h *Host) Bus() *bus.Bus { return h.bus }
 // Metrics returns the host's metrics registry.
 func (h *Host) Metrics() *prometheus.Registry { return h.metrics }
 
-// AdminHandler serves the admin API: readiness, metrics, module routes and,
-// when enabled, pprof.
+// AdminHandler serves the admin API: readiness, metrics, store snapshots,
+// module routes and, when enabled, pprof.
 func (h *Host) AdminHandler() http.Handler { return h.admin }
 
 func (h *Host) instance(id ModuleID) (Module, bool) {
@@ -361,6 +364,7 @@ func (h *Host) routes() {
 		}{ok, mods})
 	})
 	h.admin.Handle("GET /metrics", promhttp.HandlerFor(h.metrics, promhttp.HandlerOpts{Registry: h.metrics}))
+	h.admin.HandleFunc("POST /store/snapshot", h.handleSnapshot)
 	if h.cfg.Admin.Pprof {
 		h.admin.HandleFunc("/debug/pprof/", pprof.Index)
 		h.admin.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)

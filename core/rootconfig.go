@@ -14,6 +14,7 @@ type Config struct {
 	Log             LogConfig     `mapstructure:"log"`
 	Bus             BusConfig     `mapstructure:"bus"`
 	Mesh            MeshConfig    `mapstructure:"mesh"`
+	Store           StoreConfig   `mapstructure:"store"`
 	// Modules holds one section per module, keyed by module ID. Each section
 	// may set `enabled` besides the module's own keys.
 	Modules map[string]map[string]any `mapstructure:"modules"`
@@ -21,7 +22,7 @@ type Config struct {
 
 // AdminConfig configures the admin HTTP server.
 type AdminConfig struct {
-	Address string `mapstructure:"address" doc:"admin HTTP listen address: /healthz/ready, /metrics, /debug/*"`
+	Address string `mapstructure:"address" doc:"admin HTTP listen address: /healthz/ready, /metrics, /debug/*, POST /store/snapshot"`
 	Pprof   bool   `mapstructure:"pprof" doc:"serve /debug/pprof on the admin address"`
 }
 
@@ -36,6 +37,18 @@ type BusConfig struct {
 	BufferSize int `mapstructure:"bufferSize" doc:"events each subscriber may queue before it is sent a resync marker"`
 }
 
+// StoreConfig configures the store (meshd.db) beyond where it lives.
+type StoreConfig struct {
+	Snapshots SnapshotsConfig `mapstructure:"snapshots"`
+}
+
+// SnapshotsConfig bounds the snapshots POST /store/snapshot writes into
+// <dataDir>/snapshots. Each is a full copy of the store, CA key included, so
+// they are pruned rather than left to fill the disk.
+type SnapshotsConfig struct {
+	Keep int `mapstructure:"keep" doc:"snapshots kept in <dataDir>/snapshots (written by meshd store snapshot / POST /store/snapshot); older ones are removed after each new one"`
+}
+
 // DefaultConfig is the embedded default: a store under ./data and the admin
 // server on loopback, so `meshd serve` with no file is safe to try anywhere.
 func DefaultConfig() Config {
@@ -46,6 +59,7 @@ func DefaultConfig() Config {
 		Log:             LogConfig{Level: "info", Format: "text"},
 		Bus:             BusConfig{BufferSize: 256},
 		Mesh:            DefaultMeshConfig(),
+		Store:           StoreConfig{Snapshots: SnapshotsConfig{Keep: 5}},
 	}
 }
 
@@ -69,6 +83,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Bus.BufferSize <= 0 {
 		return fmt.Errorf("bus.bufferSize: must be positive")
+	}
+	if c.Store.Snapshots.Keep < 1 {
+		return fmt.Errorf("store.snapshots.keep: must be at least 1")
 	}
 	switch c.Mesh.DefaultMTLSMode {
 	case MTLSStrict, MTLSPermissive, MTLSDisable:
