@@ -437,10 +437,14 @@ func TestE2EGRPC(t *testing.T) {
 
 	t.Run("a removed endpoint receives no more traffic, by an EDS-only push", func(t *testing.T) {
 		warm(t, "shrink")
-		r := c.run(rpcBatch{Target: target("shrink"), N: 100})
-		if r.Backends["shrink-1"] == 0 || r.Backends["shrink-2"] == 0 {
-			t.Fatalf("before: %v", r.Backends)
-		}
+		// Balancers pick only connected endpoints, and the second one's
+		// connection may still be coming up: wait until both serve.
+		waitFor(t, 2*time.Second, "both shrink endpoints serving", func() error {
+			if r := c.run(rpcBatch{Target: target("shrink"), N: 100}); r.Backends["shrink-1"] == 0 || r.Backends["shrink-2"] == 0 {
+				return errNotYet
+			}
+			return nil
+		})
 		full, eds := pushes(t, e, "full"), pushes(t, e, "eds")
 		vars.ShrinkBoth = false
 		e.galley.apply(t, renderMesh(t, backends, vars))
@@ -451,7 +455,7 @@ func TestE2EGRPC(t *testing.T) {
 			return nil
 		})
 		before := backends["shrink-2"].calls.Load()
-		r = c.run(rpcBatch{Target: target("shrink"), N: 300})
+		r := c.run(rpcBatch{Target: target("shrink"), N: 300})
 		if r.Backends["shrink-1"] != 300 || backends["shrink-2"].calls.Load() != before {
 			t.Fatalf("after removal: %v, removed backend calls %d -> %d", r.Backends, before, backends["shrink-2"].calls.Load())
 		}
