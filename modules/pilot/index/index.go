@@ -398,24 +398,16 @@ func (ix *Index) Service(ns, host string) *model.Service {
 }
 
 // MeshVirtualServices returns the mesh-bound VirtualServices visible in ns
-// whose hosts match host, in creation order (namespace, name): Istio merges
-// them by taking the first match.
+// whose hosts match host, first the one that routes it: exact host matches
+// before wildcards, then the proxy's own namespace, then creation order
+// (namespace, name).
 func (ix *Index) MeshVirtualServices(ns, host string) []*VirtualService {
 	var out []*VirtualService
 	for _, i := range ix.meshCandidates(host) {
-		vs := ix.meshVS[i]
-		if !exportedTo(vs.Spec.GetExportTo(), vs.Namespace(), ns) {
-			continue
-		}
-		for _, h := range vs.Hosts {
-			if HostMatches(h, host) {
-				out = append(out, vs)
-				break
-			}
+		if vs := ix.meshVS[i]; vs.routes(ns, host) {
+			out = append(out, vs)
 		}
 	}
-	// Exact host matches win over wildcards, then the proxy's own
-	// namespace, then namespace/name order.
 	slices.SortStableFunc(out, func(a, b *VirtualService) int {
 		return cmp.Or(
 			cmp.Compare(rankHost(a.Hosts, host), rankHost(b.Hosts, host)),
@@ -426,12 +418,38 @@ func (ix *Index) MeshVirtualServices(ns, host string) []*VirtualService {
 }
 
 // VirtualServiceFor returns the VirtualService that routes host for a
-// proxy in ns on the mesh, or nil.
+// proxy in ns on the mesh, or nil: the first of MeshVirtualServices, found
+// in one pass without building and sorting the list, since route
+// generation asks this for every host of every proxy group.
 func (ix *Index) VirtualServiceFor(ns, host string) *VirtualService {
-	if vss := ix.MeshVirtualServices(ns, host); len(vss) > 0 {
-		return vss[0]
+	var best *VirtualService
+	bestRank, bestElsewhere := 0, false
+	for _, i := range ix.meshCandidates(host) {
+		vs := ix.meshVS[i]
+		if !vs.routes(ns, host) {
+			continue
+		}
+		// The order of MeshVirtualServices: exact host matches win over
+		// wildcards, then the proxy's own namespace, then creation order.
+		rank, elsewhere := rankHost(vs.Hosts, host), vs.Namespace() != ns
+		if best == nil || rank < bestRank || rank == bestRank && bestElsewhere && !elsewhere {
+			best, bestRank, bestElsewhere = vs, rank, elsewhere
+		}
 	}
-	return nil
+	return best
+}
+
+// routes reports whether vs is visible to a proxy in ns and names host.
+func (vs *VirtualService) routes(ns, host string) bool {
+	if !exportedTo(vs.Spec.GetExportTo(), vs.Namespace(), ns) {
+		return false
+	}
+	for _, h := range vs.Hosts {
+		if HostMatches(h, host) {
+			return true
+		}
+	}
+	return false
 }
 
 func rankHost(hosts []string, host string) int {

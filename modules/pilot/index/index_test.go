@@ -112,6 +112,11 @@ spec:
 
 func build(t *testing.T) *Index {
 	t.Helper()
+	return buildFrom(t, config)
+}
+
+func buildFrom(t *testing.T, config string) *Index {
+	t.Helper()
 	r := decode.Decode("test.yaml", []byte(config))
 	for _, f := range r.Findings {
 		if f.Severity == galleyapi.SeverityError {
@@ -153,6 +158,45 @@ func TestServicesVisibility(t *testing.T) {
 	}
 	if ix.SidecarFor("shop", nil) != nil {
 		t.Fatal("shop has no Sidecar")
+	}
+}
+
+// TestVirtualServiceForIsFirstOfList: the one-pass VirtualServiceFor picks
+// what MeshVirtualServices lists first, across exact and wildcard hosts,
+// namespaces and exportTo.
+func TestVirtualServiceForIsFirstOfList(t *testing.T) {
+	vs := func(ns, name, hosts, exportTo string) string {
+		return "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: " + name + ", namespace: " + ns + "}\n" +
+			"spec:\n  hosts: " + hosts + "\n  exportTo: " + exportTo + "\n  http:\n  - route:\n    - destination: {host: x.example.org}\n---\n"
+	}
+	ix := buildFrom(t, vs("a", "star", `["*"]`, `["*"]`)+
+		vs("b", "wild-b", `["*.shop.svc.cluster.local"]`, `["*"]`)+
+		vs("a", "wild-a", `["*.shop.svc.cluster.local"]`, `["*"]`)+
+		vs("b", "exact-b", `[reviews.shop.svc.cluster.local]`, `["*"]`)+
+		vs("c", "exact-c", `[reviews.shop.svc.cluster.local]`, `["."]`)+
+		vs("a", "exact-a", `[reviews.shop.svc.cluster.local, ratings.shop.svc.cluster.local]`, `["*"]`)+
+		vs("c", "local-c", `[ratings.shop.svc.cluster.local]`, `["."]`))
+	want := map[[2]string]string{
+		{"a", "reviews.shop.svc.cluster.local"}: "exact-a",
+		{"b", "reviews.shop.svc.cluster.local"}: "exact-b",
+		{"c", "reviews.shop.svc.cluster.local"}: "exact-c",
+		{"d", "reviews.shop.svc.cluster.local"}: "exact-a",
+		{"c", "ratings.shop.svc.cluster.local"}: "local-c",
+		{"b", "ratings.shop.svc.cluster.local"}: "exact-a",
+		{"b", "details.shop.svc.cluster.local"}: "wild-b",
+		{"d", "details.shop.svc.cluster.local"}: "wild-a",
+		{"b", "other.example.org"}:              "star",
+	}
+	for _, ns := range []string{"a", "b", "c", "d"} {
+		for _, host := range []string{"reviews.shop.svc.cluster.local", "ratings.shop.svc.cluster.local", "details.shop.svc.cluster.local", "other.example.org"} {
+			list, got := ix.MeshVirtualServices(ns, host), ix.VirtualServiceFor(ns, host)
+			if len(list) == 0 || got != list[0] {
+				t.Fatalf("%s in %s: VirtualServiceFor %v, list %v", host, ns, got, list)
+			}
+			if w, ok := want[[2]string{ns, host}]; ok && got.Object.Name != w {
+				t.Errorf("%s in %s: got %s, want %s", host, ns, got.Object.Name, w)
+			}
+		}
 	}
 }
 
