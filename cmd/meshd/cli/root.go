@@ -64,6 +64,7 @@ func NewRootCmd(stdout, stderr io.Writer, reg *core.Registry) *cobra.Command {
 		newVersionCmd(),
 		newConfigCmd(reg),
 		newModulesCmd(reg),
+		newStoreCmd(),
 	)
 	root.AddCommand(moduleCommands()...)
 	return root
