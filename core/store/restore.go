@@ -39,7 +39,9 @@ type Restored struct {
 // data dir with mode 0600 and fsync; the copy must match the verified file.
 // The current meshd.db, if any, is kept as meshd.db.before-restore-<UTC
 // time>, and the copy replaces it by an atomic rename, so at every moment
-// meshd.db is either the old store or the restored one.
+// meshd.db is either the old store or the restored one. Run as root, the
+// restored file gets the data dir's owner, so `sudo meshd store restore`
+// leaves a store the meshd user can open.
 //
 // The lock is taken on meshd.db itself rather than by opening it with
 // bbolt, so a corrupt store, the usual reason to restore, can be replaced.
@@ -113,6 +115,10 @@ func Restore(dataDir, snapshot string, opts RestoreOptions) (*Restored, error) {
 	})
 	if err != nil {
 		return fail(fmt.Errorf("copy snapshot: %w", err))
+	}
+	if err := matchOwner(tmp, dataDir); err != nil {
+		os.Remove(tmp)
+		return fail(fmt.Errorf("give the restored store the data dir's owner: %w", err))
 	}
 	if copied != sum.SHA256 {
 		os.Remove(tmp)

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -471,4 +472,35 @@ func TestRestore(t *testing.T) {
 			t.Fatalf("refused restore created the data dir: %v", err)
 		}
 	})
+}
+
+// TestRestoreAsRootKeepsDataDirOwner: an operator restoring with sudo must
+// leave a meshd.db that meshd's own user can open.
+func TestRestoreAsRootKeepsDataDirOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to chown")
+	}
+	src := newStoreWithData(t)
+	snap := filepath.Join(t.TempDir(), "snap.db")
+	if _, err := src.WriteSnapshotFile(snap); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "data")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(dir, 4321, 4322); err != nil {
+		t.Fatal(err)
+	}
+	res, err := Restore(dir, snap, RestoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(res.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := fi.Sys().(*syscall.Stat_t); st.Uid != 4321 || st.Gid != 4322 {
+		t.Fatalf("restored store owned by %d:%d, want the data dir's 4321:4322", st.Uid, st.Gid)
+	}
 }

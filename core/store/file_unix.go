@@ -29,3 +29,22 @@ func lockFile(f *os.File, timeout time.Duration) error {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// matchOwner gives path the owner and group of dir when running as root,
+// so a restore run with sudo leaves a meshd.db the meshd user (the owner
+// of its data dir) can open. As any other user the file is already the
+// caller's, which is the user that can use the data dir.
+func matchOwner(path, dir string) error {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil
+	}
+	return os.Chown(path, int(st.Uid), int(st.Gid))
+}
