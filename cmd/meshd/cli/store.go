@@ -99,22 +99,22 @@ store.snapshots.keep of them. The snapshot is not sent over the admin API:
 it holds the CA key. The answer says where it is, its size and SHA-256.
 Copy it off the machine from there.
 
-With --offline --data-dir DIR -o FILE it reads the store of a stopped meshd
+With --offline --data-dir DIR --file FILE it reads the store of a stopped meshd
 directly and writes FILE (0600, atomically). That fails while a meshd runs
 on DIR.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if format != "text" && format != "json" {
-				return usageErr("--format %q: want text or json", format)
+				return usageErr("-o %q: want text or json", format)
 			}
 			if !offline {
 				if out != "" || dataDir != "" {
-					return usageErr("-o and --data-dir need --offline: a running meshd writes its snapshots into <dataDir>/snapshots; copy one from there")
+					return usageErr("--file and --data-dir need --offline: a running meshd writes its snapshots into <dataDir>/snapshots; copy one from there")
 				}
 				return snapshotOnline(cmd, addr, timeout, format)
 			}
 			if dataDir == "" || out == "" {
-				return usageErr("--offline needs --data-dir DIR (the stopped meshd's data dir) and -o FILE")
+				return usageErr("--offline needs --data-dir DIR (the stopped meshd's data dir) and --file FILE")
 			}
 			return snapshotOffline(cmd, dataDir, out, format)
 		},
@@ -124,13 +124,13 @@ on DIR.`,
 	f.DurationVar(&timeout, "timeout", 5*time.Minute, "how long to wait for the running meshd to write the snapshot")
 	f.BoolVar(&offline, "offline", false, "read the store of a stopped meshd directly instead of asking a running one")
 	f.StringVar(&dataDir, "data-dir", "", "with --offline: the data dir of the stopped meshd")
-	f.StringVarP(&out, "out", "o", "", "with --offline: the snapshot file to write")
-	f.StringVar(&format, "format", "text", "output format: text or json")
+	f.StringVar(&out, "file", "", "with --offline: the snapshot file to write")
+	f.StringVarP(&format, "output", "o", "text", "output format: text or json")
 	return cmd
 }
 
 func snapshotOnline(cmd *cobra.Command, addr string, timeout time.Duration, format string) error {
-	c := admin.NewClient(addr, timeout, "").WithHint("for a stopped one use --offline --data-dir DIR -o FILE")
+	c := admin.NewClient(addr, timeout, "").WithHint("for a stopped one use --offline --data-dir DIR --file FILE")
 	var resp core.SnapshotResponse
 	if err := c.Do(cmd.Context(), "POST", "/store/snapshot", nil, &resp); err != nil {
 		return failure(fmt.Errorf("store snapshot: %w", err))

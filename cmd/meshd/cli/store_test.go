@@ -205,7 +205,7 @@ func TestStoreBackupAndRestore(t *testing.T) {
 
 	// Snapshot through the running meshd.
 	var resp core.SnapshotResponse
-	if err := json.Unmarshal([]byte(mustMain(t, "store", "snapshot", "--admin", s1.admin, "--format", "json")), &resp); err != nil {
+	if err := json.Unmarshal([]byte(mustMain(t, "store", "snapshot", "--admin", s1.admin, "-o", "json")), &resp); err != nil {
 		t.Fatal(err)
 	}
 	if filepath.Dir(resp.Path) != filepath.Join(dir1, store.SnapshotDir) {
@@ -236,7 +236,7 @@ func TestStoreBackupAndRestore(t *testing.T) {
 	if code != 1 || !strings.Contains(errOut, "data dir locked by another meshd") || !strings.Contains(errOut, "stop meshd") {
 		t.Fatalf("restore on a running meshd: exit %d, %q; want 1 and the lock message", code, errOut)
 	}
-	_, errOut, code = run(t, nil, "store", "snapshot", "--offline", "--data-dir", dir1, "-o", filepath.Join(base, "x.db"))
+	_, errOut, code = run(t, nil, "store", "snapshot", "--offline", "--data-dir", dir1, "--file", filepath.Join(base, "x.db"))
 	if code != 1 || !strings.Contains(errOut, "data dir locked by another meshd") || !strings.Contains(errOut, "drop --offline") {
 		t.Fatalf("offline snapshot of a running meshd: exit %d, %q", code, errOut)
 	}
@@ -251,7 +251,7 @@ func TestStoreBackupAndRestore(t *testing.T) {
 
 	// Offline snapshot of the stopped meshd works too.
 	offline := filepath.Join(base, "offline.db")
-	if out := mustMain(t, "store", "snapshot", "--offline", "--data-dir", dir1, "-o", offline); !strings.Contains(out, "snapshot: "+offline) {
+	if out := mustMain(t, "store", "snapshot", "--offline", "--data-dir", dir1, "--file", offline); !strings.Contains(out, "snapshot: "+offline) {
 		t.Fatalf("offline snapshot:\n%s", out)
 	}
 	if _, err := store.VerifySnapshot(offline); err != nil {
@@ -304,9 +304,9 @@ func TestStoreUsageErrors(t *testing.T) {
 		{"inspect bad output", []string{"store", "inspect", garbage, "-o", "yaml"}, 2, "want text or json"},
 		{"unknown flag", []string{"store", "snapshot", "--bogus"}, 2, "unknown flag: --bogus"},
 		{"unknown subcommand", []string{"store", "backup"}, 2, `unknown command "backup"`},
-		{"online with -o", []string{"store", "snapshot", "-o", "x.db"}, 2, "need --offline"},
-		{"offline without -o", []string{"store", "snapshot", "--offline", "--data-dir", dir}, 2, "--offline needs --data-dir DIR"},
-		{"offline without store", []string{"store", "snapshot", "--offline", "--data-dir", dir, "-o", filepath.Join(dir, "o.db")}, 2, "no meshd store in"},
+		{"online with --file", []string{"store", "snapshot", "--file", "x.db"}, 2, "need --offline"},
+		{"offline without --file", []string{"store", "snapshot", "--offline", "--data-dir", dir}, 2, "--offline needs --data-dir DIR"},
+		{"offline without store", []string{"store", "snapshot", "--offline", "--data-dir", dir, "--file", filepath.Join(dir, "o.db")}, 2, "no meshd store in"},
 		{"no meshd running", []string{"store", "snapshot", "--admin", freeAddr(t)}, 1, "is meshd running? see --admin; for a stopped one use --offline"},
 	}
 	for _, tt := range tests {
