@@ -1,8 +1,12 @@
 package core
 
 import (
+	"errors"
 	"fmt"
+	"strings"
 	"time"
+
+	"github.com/meshd/meshd/core/config"
 )
 
 // Config is the root of meshd.yaml. Module sections stay raw here; the host
@@ -63,8 +67,37 @@ func DefaultConfig() Config {
 	}
 }
 
-// Validate checks root settings that decoding cannot.
+// Validate checks root settings that decoding cannot. Each problem is a
+// config.KeyError on the key at fault, so the CLI can name its file and line.
 func (c *Config) Validate() error {
+	return keyErrors(c.validate())
+}
+
+// keyErrors turns "path: reason" errors, joined ones one by one, into
+// config.KeyErrors.
+func keyErrors(err error) error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs := j.Unwrap()
+		out := make([]error, len(errs))
+		for i, e := range errs {
+			out[i] = keyErrors(e)
+		}
+		return errors.Join(out...)
+	}
+	var ke *config.KeyError
+	if errors.As(err, &ke) {
+		return err
+	}
+	if key, reason, ok := strings.Cut(err.Error(), ": "); ok && key != "" && !strings.ContainsAny(key, " \t\"") {
+		return &config.KeyError{Path: key, Err: errors.New(reason)}
+	}
+	return err
+}
+
+func (c *Config) validate() error {
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:

@@ -95,7 +95,9 @@ func TestConfigFileErrors(t *testing.T) {
 		{"unknown root key", "dataDir: x\nstorage: y\n", "meshd.yaml:2: storage: unknown key"},
 		{"unknown nested key", "admin:\n  pprof: true\n  adress: x\n", "meshd.yaml:3: admin.adress: unknown key"},
 		{"not a mapping", "- a\n", "config must be a mapping"},
-		{"bad enum", "log:\n  level: loud\n", `log.level: "loud" is not one of debug, info, warn, error`},
+		{"bad enum", "log:\n  level: loud\n", `meshd.yaml:2: log.level: "loud" is not one of debug, info, warn, error`},
+		{"root validation", "dataDir: x\nstore:\n  snapshots:\n    keep: 0\n", "meshd.yaml:4: store.snapshots.keep: must be at least 1"},
+		{"mesh validation", "mesh:\n  rateLimits:\n  - name: r\n    namespace: shop\n    tokenBucket: {maxTokens: 0, fillInterval: 1s}\n", "meshd.yaml:5: mesh.rateLimits[0].tokenBucket.maxTokens: must be at least 1"},
 		{"unknown module", "modules:\n  pilotx:\n    enabled: true\n", "meshd.yaml:2: modules.pilotx: unknown key"},
 		{"module validation", "modules:\n  xds:\n    debounce:\n      quiet: 2s\n      max: 1s\n", "meshd.yaml:3: modules.xds.debounce: need 0 <= quiet (2s) <= max (1s)"},
 	}

@@ -248,8 +248,15 @@ func checkFileKeys(raw map[string]any, reg *core.Registry, file string, doc *yam
 	return nil
 }
 
-// locate adds the file and line to a config.KeyError.
+// locate adds the file and line to a config.KeyError, or to each of a
+// joined error's.
 func locate(err error, file string, doc *yaml.Node) error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range j.Unwrap() {
+			locate(e, file, doc) // KeyErrors are pointers: located in place
+		}
+		return err
+	}
 	var ke *config.KeyError
 	if errors.As(err, &ke) && ke.File == "" && file != "" {
 		ke.File = file
