@@ -123,6 +123,16 @@ type PushRequest struct {
 	Updates map[string][]string
 	// Reason is a short word for logs (e.g. "config", "endpoints", "cert").
 	Reason string
+	// Revision is the config revision (galley's accepted revision) the
+	// push is computed from, so status can say which revision each proxy
+	// runs. Zero means "unchanged": the push is built on the last revision
+	// the server was told about (an endpoint or certificate change does
+	// not change config). Merged requests keep the highest.
+	//
+	// A request with a Revision and neither Full nor Updates regenerates
+	// nothing: it says the current resources are what that revision
+	// specifies, for a config change no proxy sees.
+	Revision uint64
 }
 
 // FullPush returns a request to recompute everything.
@@ -137,7 +147,7 @@ func EndpointPush(reason string, clusters ...string) PushRequest {
 // Merge folds o into r, so that pushing the result does at least what
 // pushing both would.
 func (r PushRequest) Merge(o PushRequest) PushRequest {
-	out := PushRequest{Full: r.Full || o.Full}
+	out := PushRequest{Full: r.Full || o.Full, Revision: max(r.Revision, o.Revision)}
 	switch {
 	case r.Reason == "" || r.Reason == o.Reason:
 		out.Reason = o.Reason

@@ -129,14 +129,43 @@ func TestPushRequestMerge(t *testing.T) {
 			api.PushRequest{Updates: map[string][]string{eds: nil}, Reason: "e"}},
 		{"types kept apart", api.EndpointPush("", "a"), api.PushRequest{Updates: map[string][]string{api.SecretType: {"default"}}},
 			api.PushRequest{Updates: map[string][]string{eds: {"a"}, api.SecretType: {"default"}}}},
+		{"highest revision wins", api.PushRequest{Full: true, Reason: "config", Revision: 7}, api.PushRequest{Full: true, Reason: "config", Revision: 5},
+			api.PushRequest{Full: true, Reason: "config", Revision: 7}},
+		{"a push without a revision keeps the other's", api.EndpointPush("e", "a"), api.PushRequest{Full: true, Reason: "config", Revision: 3},
+			api.PushRequest{Full: true, Reason: "e,config", Revision: 3}},
+		{"revision-only push", api.PushRequest{Reason: "config", Revision: 4}, api.EndpointPush("e", "a"),
+			api.PushRequest{Updates: map[string][]string{eds: {"a"}}, Reason: "config,e", Revision: 4}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got := tt.a.Merge(tt.b)
-			if got.Full != tt.want.Full || got.Reason != tt.want.Reason || !maps.EqualFunc(got.Updates, tt.want.Updates, func(x, y []string) bool {
+			if got.Full != tt.want.Full || got.Reason != tt.want.Reason || got.Revision != tt.want.Revision || !maps.EqualFunc(got.Updates, tt.want.Updates, func(x, y []string) bool {
 				return (x == nil) == (y == nil) && slices.Equal(x, y)
 			}) {
 				t.Errorf("got %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestConfigRevision(t *testing.T) {
+	ts := func(state api.SyncState, acked uint64) api.TypeStatus { return api.TypeStatus{State: state, RevisionAcked: acked} }
+	tests := []struct {
+		name      string
+		types     []api.TypeStatus
+		low, high uint64
+	}{
+		{"nothing sent", []api.TypeStatus{ts(api.NotSent, 0)}, 0, 0},
+		{"all on 12", []api.TypeStatus{ts(api.Synced, 12), ts(api.Synced, 12)}, 12, 12},
+		{"one type behind", []api.TypeStatus{ts(api.Synced, 12), ts(api.Nacked, 11)}, 11, 12},
+		{"a type not acknowledged yet", []api.TypeStatus{ts(api.Synced, 12), ts(api.Stale, 0)}, 0, 12},
+		{"types never sent do not count", []api.TypeStatus{ts(api.NotSent, 0), ts(api.Synced, 3)}, 3, 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			low, high := api.ProxyStatus{Types: tt.types}.ConfigRevision()
+			if low != tt.low || high != tt.high {
+				t.Errorf("got %d..%d, want %d..%d", low, high, tt.low, tt.high)
 			}
 		})
 	}

@@ -52,6 +52,26 @@ type ProxyStatus struct {
 	Types []TypeStatus `json:"types"`
 }
 
+// ConfigRevision sums up which config revision the stream runs, from the
+// RevisionAcked of its types that were sent something: low is the lowest,
+// high the highest. low == high means every type runs the same revision;
+// low == 0 means some type has acknowledged nothing built from a revision
+// yet. Both are 0 when nothing was sent.
+func (p ProxyStatus) ConfigRevision() (low, high uint64) {
+	first := true
+	for _, t := range p.Types {
+		if t.State == NotSent {
+			continue
+		}
+		if first || t.RevisionAcked < low {
+			low = t.RevisionAcked
+		}
+		high = max(high, t.RevisionAcked)
+		first = false
+	}
+	return low, high
+}
+
 // TypeStatus is the sync state of one type on one stream.
 type TypeStatus struct {
 	TypeURL string    `json:"typeUrl"`
@@ -72,6 +92,15 @@ type TypeStatus struct {
 	TimeToAckMillis float64 `json:"timeToAckMillis,omitempty"`
 	// Responses counts responses sent of this type on this stream.
 	Responses uint64 `json:"responses"`
+	// RevisionSent is the config revision (PushRequest.Revision) the
+	// resources last sent were built from, and RevisionAcked that of the
+	// resources the proxy runs: what it last acknowledged. Both are the
+	// latest revision whose config gives this proxy the same resources, so
+	// a config change that does not touch a proxy's resources still moves
+	// it to the new revision without a response. Zero when unknown
+	// (nothing acknowledged yet, or pushes carry no revision).
+	RevisionSent  uint64 `json:"revisionSent,omitempty"`
+	RevisionAcked uint64 `json:"revisionAcked,omitempty"`
 	// LastNack is the last rejection, kept after later ACKs for the record.
 	LastNack *Nack `json:"lastNack,omitempty"`
 }

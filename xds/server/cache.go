@@ -125,6 +125,9 @@ type xdsCache struct {
 	types map[string]*typeState
 	conns map[*corev3.Node]*conn
 	epoch uint64
+	// rev is the highest config revision a push carried: what new
+	// snapshots are built from (see snapshot.rev).
+	rev uint64
 
 	// names interns resource names: requests name the same few thousand
 	// resources over and over, so the request decoder (codec.go) and the
@@ -302,11 +305,12 @@ func (x *xdsCache) generateFor(ctx context.Context, c *conn, ts *typeState) {
 			todo = append(todo, ct.group)
 		}
 	}
+	rev := x.rev
 	x.mu.Unlock()
 	if len(todo) == 0 {
 		return
 	}
-	x.generate(ctx, todo, nil, "connect", time.Now())
+	x.generate(ctx, todo, nil, "connect", time.Now(), rev)
 }
 
 // generation is one group's new snapshot, before publication.
@@ -317,9 +321,9 @@ type generation struct {
 }
 
 // generate runs the generators for groups (full sets when names is nil),
-// checks the results for consistency, and publishes them. Caller holds
-// genMu, not mu.
-func (x *xdsCache) generate(ctx context.Context, groups []*group, names map[string][]string, reason string, trigger time.Time) {
+// checks the results for consistency, and publishes them as built from
+// config revision rev. Caller holds genMu, not mu.
+func (x *xdsCache) generate(ctx context.Context, groups []*group, names map[string][]string, reason string, trigger time.Time, rev uint64) {
 	gens := make([]*generation, 0, len(groups))
 	byGroup := map[*group]*generation{}
 	for _, g := range groups {
@@ -359,6 +363,7 @@ func (x *xdsCache) generate(ctx context.Context, groups []*group, names map[stri
 		}
 		if gen.snap != nil {
 			gen.snap.trigger = trigger
+			gen.snap.rev.Store(rev)
 			x.publish(gen.g, gen.snap)
 		}
 	}
@@ -623,6 +628,20 @@ func (x *xdsCache) markSent(ct *connType, snap *snapshot) {
 	ct.c.mu.Unlock()
 }
 
+// skipTo records that snap holds nothing new for ct's proxy: it has snap's
+// content already (for its subscription) once it takes its last response,
+// so that response's status now stands for snap and its revision. Caller
+// holds mu and ct.c.mu.
+func (x *xdsCache) skipTo(ct *connType, snap *snapshot) {
+	ct.sentSnap = snap
+	c := ct.c
+	c.smu.Lock()
+	if st := c.status[ct.ts.url]; st != nil && st.eff != nil {
+		st.eff = snap
+	}
+	c.smu.Unlock()
+}
+
 // sotwResp is a state-of-the-world response, encoded only if it is sent.
 type sotwResp struct {
 	x       *xdsCache
@@ -706,7 +725,7 @@ func (x *xdsCache) sotwResponse(ct *connType, w *watch) *sotwResp {
 			}
 		}
 		if !relevant {
-			ct.sentSnap = snap // same content for this proxy
+			x.skipTo(ct, snap) // same content for this proxy
 			return nil
 		}
 		selectAll()
@@ -723,7 +742,7 @@ func (x *xdsCache) sotwResponse(ct *connType, w *watch) *sotwResp {
 			}
 		}
 		if len(r.sel) == 0 {
-			ct.sentSnap = snap
+			x.skipTo(ct, snap)
 			return nil
 		}
 		r.all = len(r.sel) == len(snap.sorted)
@@ -949,7 +968,8 @@ func (x *xdsCache) deltaResponse(ct *connType, w *watch) *deltaResp {
 	slices.Sort(r.removed)
 
 	if len(r.send) == 0 && len(r.removed) == 0 && ct.everSent {
-		ct.sentSnap, ct.rescan = snap, false
+		x.skipTo(ct, snap)
+		ct.rescan = false
 		return nil
 	}
 	if len(r.removed) == 0 && len(r.send) == len(snap.sorted) && len(snap.sorted) > 0 {

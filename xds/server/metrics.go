@@ -22,6 +22,7 @@ type metrics struct {
 	streamsRejected *prometheus.CounterVec   // meshd_xds_streams_rejected_total{reason}
 	throttled       prometheus.Counter       // meshd_xds_requests_throttled_total
 	triggers        *prometheus.CounterVec   // meshd_xds_push_triggers_total{kind}
+	behind          prometheus.GaugeFunc     // meshd_xds_proxies_behind_config
 }
 
 var (
@@ -29,7 +30,9 @@ var (
 	timeBuckets = []float64{.001, .005, .01, .025, .05, .1, .2, .5, 1, 2.5, 5, 10, 30}
 )
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+// newMetrics makes the metrics and registers them with reg (nil: none).
+// behind is read at scrape time for meshd_xds_proxies_behind_config.
+func newMetrics(reg prometheus.Registerer, behind func() float64) *metrics {
 	m := &metrics{
 		connected: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "pilot_xds", Help: "Number of connected xDS streams, by proxy type.",
@@ -81,11 +84,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		triggers: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshd_xds_push_triggers_total", Help: "Pushes run after debouncing, by kind (full, incremental).",
 		}, []string{"kind"}),
+		// No label per revision or proxy: /debug/syncz and meshd status
+		// say who is behind and on which revision.
+		behind: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "meshd_xds_proxies_behind_config", Help: "Connected proxies that have not acknowledged the latest config revision pushed (including those that rejected it).",
+		}, behind),
 	}
 	if reg != nil {
 		reg.MustRegister(m.connected, m.pushes, m.pushTime, m.convergence, m.rejects, m.configSize,
 			m.debounce, m.sendErrors, m.generateTime, m.generateErrors, m.inconsistent, m.groups,
-			m.streamsRejected, m.throttled, m.triggers)
+			m.streamsRejected, m.throttled, m.triggers, m.behind)
 	}
 	return m
 }

@@ -103,6 +103,8 @@ func (x *xdsCache) push(ctx context.Context, req api.PushRequest, trigger time.T
 	x.genMu.Lock()
 	defer x.genMu.Unlock()
 	x.mu.Lock()
+	x.rev = max(x.rev, req.Revision)
+	rev := x.rev
 	var groups []*group
 	var names map[string][]string
 	kind := "incremental"
@@ -142,6 +144,28 @@ func (x *xdsCache) push(ctx context.Context, req api.PushRequest, trigger time.T
 		return strings.Compare(a.key, b.key)
 	})
 	x.s.m.triggers.WithLabelValues(kind).Inc()
-	x.generate(ctx, groups, names, req.Reason, trigger)
+	x.generate(ctx, groups, names, req.Reason, trigger, rev)
+	x.confirm(rev)
 	x.s.log.Debug("xds push done", "kind", kind, "reason", req.Reason, "groups", len(groups), "took", time.Since(start))
+}
+
+// confirm marks every group's snapshot as current for config revision rev,
+// after a push built on rev: the groups it regenerated and those it had no
+// need to (an endpoint push leaves clusters and routes as they are; the
+// config they were built from still holds). Groups whose last generation
+// failed or was withheld keep an older revision: their proxies run config
+// the push could not replace. Caller holds genMu, not mu.
+func (x *xdsCache) confirm(rev uint64) {
+	if rev == 0 {
+		return
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for _, ts := range x.types {
+		for _, g := range ts.groups {
+			if g.snap != nil && g.err == "" && g.snap.rev.Load() < rev {
+				g.snap.rev.Store(rev)
+			}
+		}
+	}
 }

@@ -170,7 +170,8 @@ type service struct {
 // New returns a Server.
 func New(opts Options) *Server {
 	opts.defaults()
-	s := &Server{opts: opts, log: opts.Logger, m: newMetrics(opts.Registerer)}
+	s := &Server{opts: opts, log: opts.Logger}
+	s.m = newMetrics(opts.Registerer, func() float64 { return s.cache.proxiesBehind() })
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.cache = newCache(s)
 	s.subs = newSubSets()

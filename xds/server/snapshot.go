@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cespare/xxhash/v2"
@@ -134,6 +135,12 @@ type snapshot struct {
 
 	// trigger is when the push that made this snapshot was first asked for.
 	trigger time.Time
+	// rev is the latest config revision (api.PushRequest.Revision) this
+	// set is current for: set when the set is published, and raised by
+	// later pushes that leave it unchanged, so proxies holding it are known
+	// to run the newer revision without being sent anything. The only
+	// field that changes after publication.
+	rev atomic.Uint64
 	// newNames says the set of names differs from the parent's.
 	newNames bool
 

@@ -35,6 +35,27 @@ type typeStatus struct {
 	ackedAt                  time.Time
 	timeToAck                time.Duration
 	lastNack                 *api.Nack
+
+	// eff is the set the proxy holds once it takes the last response:
+	// lastSnap, or a later set that changed nothing it subscribes to
+	// (xdsCache.skipTo). Its revision is the one the proxy runs when that
+	// response is acknowledged.
+	eff *snapshot
+}
+
+// revisions returns the config revision of what was last sent and of what
+// the proxy last acknowledged (see api.TypeStatus). Caller holds conn.smu.
+func (st *typeStatus) revisions() (sent, acked uint64) {
+	if st.eff != nil {
+		sent = st.eff.rev.Load()
+	}
+	switch {
+	case st.last.nonce != "" && st.nonceAcked == st.last.nonce:
+		acked = sent
+	case st.ackedSnap != nil:
+		acked = st.ackedSnap.rev.Load()
+	}
+	return sent, acked
 }
 
 func (st *typeStatus) find(nonce string) (*sentRec, bool) {
@@ -78,7 +99,7 @@ func (c *conn) sent(typeURL, nonce, version string, resources, bytes int, snap *
 	copy(st.older[1:], st.older[:len(st.older)-1])
 	st.older[0] = st.last
 	st.last = sentRec{nonce: nonce, version: version, at: time.Now(), trigger: trigger, snap: snap}
-	st.lastSnap = snap
+	st.lastSnap, st.eff = snap, snap
 	st.resources, st.bytes = resources, bytes
 	st.responses++
 }
@@ -189,6 +210,7 @@ func (x *xdsCache) statuses() []api.ProxyStatus {
 				ResourcesSent: st.resources, BytesSent: st.bytes, Responses: st.responses,
 				VersionAcked: st.versionAcked, NonceAcked: st.nonceAcked, AckedAt: st.ackedAt,
 				TimeToAckMillis: float64(st.timeToAck.Microseconds()) / 1000}
+			ts.RevisionSent, ts.RevisionAcked = st.revisions()
 			if st.lastNack != nil {
 				n := *st.lastNack
 				ts.LastNack = &n
@@ -206,6 +228,39 @@ func (x *xdsCache) statuses() []api.ProxyStatus {
 		return strings.Compare(a.ConnID, b.ConnID)
 	})
 	return out
+}
+
+// proxiesBehind counts the proxies (node IDs) with a type, on any of their
+// streams, whose acknowledged config revision is below the latest one a
+// push carried: still on older config, waiting for an ACK, or NACKed. Types
+// never sent anything do not count. It runs at scrape time, so pushes and
+// ACKs pay nothing for it.
+func (x *xdsCache) proxiesBehind() float64 {
+	x.mu.Lock()
+	rev := x.rev
+	conns := make([]*conn, 0, len(x.conns))
+	for _, c := range x.conns {
+		conns = append(conns, c)
+	}
+	x.mu.Unlock()
+	if rev == 0 {
+		return 0
+	}
+	behind := map[string]struct{}{}
+	for _, c := range conns {
+		c.smu.Lock()
+		for _, st := range c.status {
+			if st.last.nonce == "" {
+				continue
+			}
+			if _, acked := st.revisions(); acked < rev {
+				behind[c.proxy.ID] = struct{}{}
+				break
+			}
+		}
+		c.smu.Unlock()
+	}
+	return float64(len(behind))
 }
 
 // ackedVersions returns, for every stream subscribed to typeURL, the
