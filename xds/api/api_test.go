@@ -149,7 +149,9 @@ func TestPushRequestMerge(t *testing.T) {
 }
 
 func TestConfigRevision(t *testing.T) {
-	ts := func(state api.SyncState, acked uint64) api.TypeStatus { return api.TypeStatus{State: state, RevisionAcked: acked} }
+	ts := func(state api.SyncState, acked uint64) api.TypeStatus {
+		return api.TypeStatus{State: state, RevisionAcked: acked}
+	}
 	tests := []struct {
 		name      string
 		types     []api.TypeStatus
