@@ -121,6 +121,7 @@ type Module struct {
 	hosts      *hostIndex
 	digest     uint64
 	pushedOnce bool
+	pushedRev  uint64 // config revision of the last push
 
 	mu      sync.Mutex
 	running bool
@@ -377,12 +378,22 @@ func (m *Module) rebuild(reason string) {
 			securityUpdates(&req, oldView, view, change.Endpoints, names)
 		}
 	default:
+		if rev := snap.Revision(); rev != m.pushedRev {
+			// Nothing any proxy sees changed, yet they all run this
+			// revision now: say so, or status would call them behind.
+			m.xds.Push(xdsapi.PushRequest{Reason: reason, Revision: rev})
+			m.pushedRev = rev
+		}
 		m.finishBuild(ix, start, "", reason, nil)
 		return // e.g. a WorkloadEntry for no service: nothing any proxy sees
 	}
 	if req.Full {
 		m.cache.Sweep() // what the last full push did not use is gone
 	}
+	// Every push is built on this index, so on galley's revision snap:
+	// proxies that take it run that revision (meshd status, config history).
+	req.Revision = snap.Revision()
+	m.pushedRev = req.Revision
 	m.xds.Push(req)
 	kind := "eds"
 	if req.Full {
