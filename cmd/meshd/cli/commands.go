@@ -26,9 +26,10 @@ func moduleCommands() []*cobra.Command {
 }
 
 // moduleConfigCommands returns the subcommands that modules add under
-// `meshd config` (history, diff, rollback).
+// `meshd config` (history, diff, rollback). history also counts the
+// proxies on each revision (history.go).
 func moduleConfigCommands() []*cobra.Command {
-	return galleycli.NewConfigCommands()
+	return withProxyCounts(galleycli.NewConfigCommands())
 }
 
 // meshFromConfig returns the mesh section of the effective config (-c or
