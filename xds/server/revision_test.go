@@ -147,3 +147,50 @@ func TestRevisionPropagation(t *testing.T) {
 		t.Errorf("behind with a failed generator: %v, want 1", got)
 	}
 }
+
+// TestRevisionDelta is the delta-xDS side of TestRevisionPropagation:
+// acknowledged, NACKed, and skipped because nothing subscribed changed.
+func TestRevisionDelta(t *testing.T) {
+	s := xdstest.NewServer(t, server.Options{})
+	cds, eds := &xdstest.Generator{}, &xdstest.Generator{}
+	cds.Set("", cluster("a", time.Second))
+	eds.Set("", cla("a", 1), cla("b", 2))
+	must(t, s.RegisterGenerator(api.ClusterType, cds))
+	must(t, s.RegisterGenerator(api.EndpointType, eds))
+	node := xdstest.Node("p", "ns")
+	id := node.GetId()
+	c := xdstest.NewDelta(t, xdstest.Dial(t, s.Addr), node)
+	c.Subscribe(api.ClusterType, "*")
+	c.Ack(c.Recv(wait))
+	c.Subscribe(api.EndpointType, "a")
+	c.Ack(c.Recv(wait))
+
+	revs := func(typeURL string) (api.SyncState, uint64, uint64) {
+		st := status1(t, s, id, typeURL)
+		return st.State, st.RevisionSent, st.RevisionAcked
+	}
+	waitRevs := func(what, typeURL string, state api.SyncState, sent, acked uint64) {
+		t.Helper()
+		eventually(t, what, func() bool {
+			st, se, ac := revs(typeURL)
+			return st == state && se == sent && ac == acked
+		})
+	}
+
+	cds.Set("", cluster("a", 2*time.Second))
+	s.Push(api.PushRequest{Full: true, Reason: "config", Revision: 5})
+	c.Ack(c.Recv(wait))
+	waitRevs("CDS on 5", api.ClusterType, api.Synced, 5, 5)
+	waitRevs("EDS on 5 without a response", api.EndpointType, api.Synced, 5, 5)
+
+	cds.Set("", cluster("a", 0))
+	s.Push(api.PushRequest{Full: true, Reason: "config", Revision: 6})
+	c.Nack(c.Recv(wait), "connect_timeout must be positive")
+	waitRevs("CDS 6 NACKed", api.ClusterType, api.Nacked, 6, 5)
+
+	eds.Set("", cla("a", 1), cla("b", 2, 22))
+	s.Push(api.PushRequest{Full: true, Reason: "config", Revision: 7})
+	c.None(100 * time.Millisecond)
+	waitRevs("EDS change to b, which the proxy does not watch", api.EndpointType, api.Synced, 7, 7)
+	waitRevs("CDS still rejected", api.ClusterType, api.Nacked, 7, 5)
+}
