@@ -192,9 +192,18 @@ func (s *Store) SaveSnapshot(dir string, keep int, now time.Time) (*SnapshotFile
 	if err := os.Chmod(dir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("snapshot dir: %w", err)
 	}
+	// Two snapshots within a millisecond would share a name: take the next
+	// free millisecond, which keeps names unique and in time order.
 	path := filepath.Join(dir, SnapshotName(now))
-	if _, err := os.Lstat(path); err == nil {
-		return nil, nil, fmt.Errorf("snapshot %s already exists", path)
+	for i := 0; ; i++ {
+		if _, err := os.Lstat(path); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		if i == 1000 {
+			return nil, nil, fmt.Errorf("snapshot %s already exists", path)
+		}
+		now = now.Add(time.Millisecond)
+		path = filepath.Join(dir, SnapshotName(now))
 	}
 	sf, err := s.WriteSnapshotFile(path)
 	if err != nil {

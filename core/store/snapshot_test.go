@@ -329,8 +329,17 @@ func TestSaveSnapshotKeepsN(t *testing.T) {
 	if !slices.Equal(names, want) {
 		t.Fatalf("dir holds %v, want %v", names, want)
 	}
-	if _, _, err := s.SaveSnapshot(dir, 2, t0.Add(3*time.Second)); err == nil || !strings.Contains(err.Error(), "already exists") {
-		t.Fatalf("second snapshot with the same name: %v", err)
+	// A second snapshot in the same millisecond takes the next one, so
+	// neither overwrites the other and names still sort by time.
+	sf, _, err := s.SaveSnapshot(dir, 3, t0.Add(3*time.Second))
+	if err != nil {
+		t.Fatalf("second snapshot in one millisecond: %v", err)
+	}
+	if got := filepath.Base(sf.Path); got != "meshd-20300102T030408.001Z.db" {
+		t.Fatalf("name = %s, want the next millisecond", got)
+	}
+	if _, err := os.Stat(paths[3]); err != nil {
+		t.Fatalf("the first snapshot of that millisecond is gone: %v", err)
 	}
 }
 
