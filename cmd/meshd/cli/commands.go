@@ -29,7 +29,7 @@ func moduleCommands() []*cobra.Command {
 // `meshd config` (history, diff, rollback). history also counts the
 // proxies on each revision (history.go).
 func moduleConfigCommands() []*cobra.Command {
-	return withProxyCounts(galleycli.NewConfigCommands())
+	return galleycli.NewConfigCommands(proxyCounts)
 }
 
 // meshFromConfig returns the mesh section of the effective config (-c or

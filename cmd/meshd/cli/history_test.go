@@ -76,24 +76,3 @@ func TestHistoryProxyCounts(t *testing.T) {
 		})
 	}
 }
-
-func TestAddProxiesColumn(t *testing.T) {
-	tests := []struct {
-		name, in, want string
-		counts         map[uint64]int
-	}{
-		{"no revisions yet", "no accepted revisions yet\n", "no accepted revisions yet\n", nil},
-		{"wide counts widen the column",
-			"REVISION  TIME  REASON\n3 *       t3    files\n2         t2    files\n",
-			"REVISION  PROXIES   TIME  REASON\n3 *       12345678  t3    files\n2         0         t2    files\n",
-			map[uint64]int{3: 12345678}},
-		{"not a table it knows", "REVISION\nsomething else\n", "REVISION\nsomething else\n", nil},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if got := addProxiesColumn(tt.in, tt.counts); got != tt.want {
-				t.Errorf("got\n%q\nwant\n%q", got, tt.want)
-			}
-		})
-	}
-}

@@ -31,9 +31,60 @@ import (
 )
 
 // NewConfigCommands returns history, diff and rollback, for the `meshd
-// config` command.
-func NewConfigCommands() []*cobra.Command {
-	return []*cobra.Command{historyCmd(), diffCmd(), rollbackCmd()}
+// config` command. proxies, when not nil, adds to history's list how many
+// connected proxies run each revision.
+func NewConfigCommands(proxies ProxyCounter) []*cobra.Command {
+	return []*cobra.Command{historyCmd(proxies), diffCmd(), rollbackCmd()}
+}
+
+// ProxyCounter reports how many proxies connected to the meshd at admin run
+// each config revision. Galley knows nothing of xds and must not import it;
+// the binary, which has both, passes one in.
+type ProxyCounter func(ctx context.Context, admin string) (map[uint64]int, error)
+
+// proxiesTimeout bounds the extra call for proxy counts: the list must not
+// wait long on an xds module that does not answer.
+const proxiesTimeout = 5 * time.Second
+
+// countProxies asks proxies for counts, best effort: with a stopped meshd
+// (--data-dir), xds off or the status unreadable, history prints the list
+// without them.
+func (o *options) countProxies(ctx context.Context, proxies ProxyCounter) map[uint64]int {
+	if proxies == nil || o.dataDir != "" {
+		return nil
+	}
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	ctx, cancel := context.WithTimeout(ctx, proxiesTimeout)
+	defer cancel()
+	counts, err := proxies(ctx, o.admin)
+	if err != nil {
+		return nil
+	}
+	return counts
+}
+
+// revisionView is a RevisionInfo as history's JSON shows it: with the
+// number of proxies on it when known.
+type revisionView struct {
+	galley.RevisionInfo
+	Proxies *int `json:"proxies,omitempty"`
+}
+
+func listView(list *galley.RevisionList, counts map[uint64]int) any {
+	if counts == nil {
+		return list
+	}
+	out := struct {
+		Current   uint64         `json:"current"`
+		Revisions []revisionView `json:"revisions"`
+	}{Current: list.Current, Revisions: make([]revisionView, len(list.Revisions))}
+	for i, r := range list.Revisions {
+		n := counts[r.Revision]
+		out.Revisions[i] = revisionView{RevisionInfo: r, Proxies: &n}
+	}
+	return out
 }
 
 type options struct {
@@ -79,7 +130,7 @@ func (o *options) reader(ctx context.Context) (reader, func(), error) {
 	return newClient(ctx, o.admin, 30*time.Second), func() {}, nil
 }
 
-func historyCmd() *cobra.Command {
+func historyCmd(proxies ProxyCounter) *cobra.Command {
 	o := &options{}
 	var limit int
 	cmd := &cobra.Command{
@@ -87,7 +138,11 @@ func historyCmd() *cobra.Command {
 		Short: "List accepted config revisions, or show one",
 		Long: `List the accepted config revisions galley keeps (newest first), or show one
 revision: what changed in it and, with -o yaml, its whole config as
-multi-document YAML that meshd validate and the file source read back.`,
+multi-document YAML that meshd validate and the file source read back.
+
+Listing the revisions of a running meshd also shows PROXIES: how many
+connected proxies run each revision for every resource type (meshd status
+shows each proxy's). It is left out when the proxy status cannot be read.`,
 		Example: `  meshd config history
   meshd config history 12
   meshd config history 12 -o yaml > mesh-at-12.yaml`,
@@ -107,10 +162,11 @@ multi-document YAML that meshd validate and the file source read back.`,
 				if err != nil {
 					return err
 				}
+				counts := o.countProxies(cmd.Context(), proxies)
 				if o.output == "json" {
-					return writeJSON(w, list)
+					return writeJSON(w, listView(list, counts))
 				}
-				return writeList(w, list)
+				return writeList(w, list, counts)
 			}
 			if err := o.checkOutput("text", "json", "yaml"); err != nil {
 				return err
@@ -308,19 +364,29 @@ func changes(r galley.RevisionInfo) string {
 	return strings.Join(parts, " ")
 }
 
-func writeList(w io.Writer, list *galley.RevisionList) error {
+// writeList prints the revisions as a table, with a PROXIES column when
+// counts is not nil.
+func writeList(w io.Writer, list *galley.RevisionList, counts map[uint64]int) error {
 	if len(list.Revisions) == 0 {
 		_, err := fmt.Fprintln(w, "no accepted revisions yet")
 		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "REVISION\tTIME\tREASON\tOBJECTS\tCHANGES\tORIGINS")
+	proxiesHead := ""
+	if counts != nil {
+		proxiesHead = "PROXIES\t"
+	}
+	fmt.Fprintf(tw, "REVISION\t%sTIME\tREASON\tOBJECTS\tCHANGES\tORIGINS\n", proxiesHead)
 	for _, r := range list.Revisions {
 		cur := ""
 		if r.Revision == list.Current {
 			cur = " *"
 		}
-		fmt.Fprintf(tw, "%d%s\t%s\t%s\t%d\t%s\t%s\n", r.Revision, cur, r.Time.Local().Format(time.DateTime), reason(r), r.Objects, changes(r), trim(r.Origins, 3))
+		proxies := ""
+		if counts != nil {
+			proxies = strconv.Itoa(counts[r.Revision]) + "\t"
+		}
+		fmt.Fprintf(tw, "%d%s\t%s%s\t%s\t%d\t%s\t%s\n", r.Revision, cur, proxies, r.Time.Local().Format(time.DateTime), reason(r), r.Objects, changes(r), trim(r.Origins, 3))
 	}
 	return tw.Flush()
 }

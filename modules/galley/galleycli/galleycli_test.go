@@ -93,7 +93,7 @@ func (s *server) admin() string { return strings.TrimPrefix(s.srv.URL, "http://"
 func run(args ...string) (string, error) {
 	root := &cobra.Command{Use: "meshd", SilenceUsage: true, SilenceErrors: true}
 	config := &cobra.Command{Use: "config"}
-	config.AddCommand(galleycli.NewConfigCommands()...)
+	config.AddCommand(galleycli.NewConfigCommands(nil)...)
 	root.AddCommand(config)
 	var out bytes.Buffer
 	root.SetOut(&out)
