@@ -26,7 +26,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"github.com/meshd/meshd/core"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -37,7 +36,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/meshd/meshd/core"
+
 	"github.com/spf13/cobra"
+
+	"github.com/meshd/meshd/core/atomicfile"
 )
 
 // Agent is a running meshd agent.
@@ -258,14 +261,14 @@ func (a *Agent) writeBootstraps() error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(a.cfg.Envoy.BootstrapFile, env, 0o644); err != nil {
+	if err := atomicfile.WriteBytes(a.cfg.Envoy.BootstrapFile, env, 0o644); err != nil {
 		return fmt.Errorf("envoy.bootstrapFile: %w", err)
 	}
 	g, err := a.grpcBootstrapJSON()
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(a.cfg.GRPCBootstrap.File, g, 0o644); err != nil {
+	if err := atomicfile.WriteBytes(a.cfg.GRPCBootstrap.File, g, 0o644); err != nil {
 		return fmt.Errorf("grpcBootstrap.file: %w", err)
 	}
 	return nil

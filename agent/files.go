@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/meshd/meshd/core/atomicfile"
 )
 
 // Names of the certificate files, Istio's, in FilesConfig.Dir.
@@ -74,7 +76,7 @@ func (d *certDir) write(files map[string][]byte) error {
 			return fail(err)
 		}
 	}
-	if err := syncDir(vdir); err != nil {
+	if err := atomicfile.SyncDir(vdir); err != nil {
 		return fail(err)
 	}
 	tmpLink := filepath.Join(d.dir, dataLink+".tmp")
@@ -101,7 +103,7 @@ func (d *certDir) write(files map[string][]byte) error {
 			return fmt.Errorf("write certificate files in %s: %w", d.dir, err)
 		}
 	}
-	if err := syncDir(d.dir); err != nil {
+	if err := atomicfile.SyncDir(d.dir); err != nil {
 		return fmt.Errorf("write certificate files in %s: %w", d.dir, err)
 	}
 	d.prune(version)
@@ -131,35 +133,6 @@ func (d *certDir) read(name string) ([]byte, error) {
 // path returns the stable path of name (through ..data).
 func (d *certDir) path(name string) string { return filepath.Join(d.dir, name) }
 
-// writeFileAtomic writes data to path through a temporary file and a
-// rename, so readers see the old content or the new, never a part.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Chmod(mode)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return syncDir(dir)
-}
-
 func writeSynced(path string, data []byte, mode os.FileMode) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
 	if err != nil {
@@ -173,13 +146,4 @@ func writeSynced(path string, data []byte, mode os.FileMode) error {
 		err = f.Sync()
 	}
 	return errors.Join(err, f.Close())
-}
-
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
 }

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"github.com/meshd/meshd/core/atomicfile"
 )
 
 // TestCertDirSwitchesTogether: a reader that resolves ..data once always
@@ -115,7 +117,7 @@ func TestCertDirModesAndLeftovers(t *testing.T) {
 func TestWriteFileAtomic(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "f.json")
 	for _, s := range []string{"one", "two"} {
-		if err := writeFileAtomic(p, []byte(s), 0o640); err != nil {
+		if err := atomicfile.WriteBytes(p, []byte(s), 0o640); err != nil {
 			t.Fatal(err)
 		}
 		if b, _ := os.ReadFile(p); string(b) != s {

@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/meshd/meshd/core/atomicfile"
 )
 
 // tokenState is what the agent remembers about join tokens it used, in
@@ -39,7 +41,7 @@ func (a *Agent) readState() tokenState {
 
 func (a *Agent) writeState(s tokenState) {
 	b, _ := json.MarshalIndent(s, "", "  ")
-	if err := writeFileAtomic(a.statePath(), append(b, '\n'), 0o600); err != nil {
+	if err := atomicfile.WriteBytes(a.statePath(), append(b, '\n'), 0o600); err != nil {
 		a.log.Warn("cannot record the join token's use", "error", err)
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/meshd/meshd/core/atomicfile"
 )
 
 // RestoreOptions tune Restore.
@@ -100,7 +102,7 @@ func Restore(dataDir, snapshot string, opts RestoreOptions) (*Restored, error) {
 	tmp := dbPath + ".restore-tmp"
 	os.Remove(tmp) // a leftover of an interrupted restore
 	var copied string
-	err = writeFileAtomic(tmp, func(f *os.File) error {
+	err = atomicfile.Write(tmp, 0o600, func(f *os.File) error {
 		src, err := os.Open(snapshot)
 		if err != nil {
 			return err
@@ -138,7 +140,7 @@ func Restore(dataDir, snapshot string, opts RestoreOptions) (*Restored, error) {
 		os.Remove(tmp)
 		return fail(fmt.Errorf("put snapshot in place: %w", err))
 	}
-	if err := syncDir(dataDir); err != nil {
+	if err := atomicfile.SyncDir(dataDir); err != nil {
 		return nil, fmt.Errorf("put snapshot in place: fsync %s: %w", dataDir, err)
 	}
 	return res, nil
@@ -163,7 +165,7 @@ func keepPrevious(dbPath string, now time.Time) (string, error) {
 			continue
 		}
 		// No hard links here: copy.
-		err = writeFileAtomic(prev, func(f *os.File) error {
+		err = atomicfile.Write(prev, 0o600, func(f *os.File) error {
 			src, err := os.Open(dbPath)
 			if err != nil {
 				return err

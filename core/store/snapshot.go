@@ -26,6 +26,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/meshd/meshd/core/atomicfile"
 )
 
 // SnapshotDir is the directory, inside the data dir, where a running meshd
@@ -83,7 +85,7 @@ func (s *Store) WriteSnapshotFile(path string) (*SnapshotFile, error) {
 		schema uint64
 		sum    hash.Hash = sha256.New()
 	)
-	err := writeFileAtomic(path, func(f *os.File) error {
+	err := atomicfile.Write(path, 0o600, func(f *os.File) error {
 		var err error
 		n, schema, err = s.snapshot(io.MultiWriter(f, sum))
 		return err
@@ -92,54 +94,6 @@ func (s *Store) WriteSnapshotFile(path string) (*SnapshotFile, error) {
 		return nil, err
 	}
 	return &SnapshotFile{Path: path, Bytes: n, SHA256: hex.EncodeToString(sum.Sum(nil)), Schema: schema}, nil
-}
-
-// writeFileAtomic creates path through a temporary file in its directory:
-// fill writes the content, then the file is fsynced, renamed into place and
-// the directory fsynced, so a crash leaves the old file or the new one.
-func writeFileAtomic(path string, fill func(*os.File) error) (err error) {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	// CreateTemp makes 0600 files already; say so explicitly, since the
-	// content is the CA key.
-	if err := tmp.Chmod(0o600); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := fill(tmp); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("write %s: fsync: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := syncDir(dir); err != nil {
-		return fmt.Errorf("write %s: fsync directory: %w", path, err)
-	}
-	return nil
-}
-
-// syncDir makes a rename in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 func samePath(a, b string) (bool, error) {

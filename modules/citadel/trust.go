@@ -13,6 +13,8 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/meshd/meshd/modules/citadel/ca"
+
+	"github.com/meshd/meshd/core/atomicfile"
 )
 
 // trustSnapshot is the CA at one moment: who signs and which roots are
@@ -99,27 +101,8 @@ func writeTrustFile(path string, bundlePEM []byte) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("trust bundle file: %w", err)
 	}
-	f, err := os.CreateTemp(dir, ".root-cert-*.pem")
-	if err != nil {
+	if err := atomicfile.WriteBytes(path, bundlePEM, 0o644); err != nil {
 		return fmt.Errorf("trust bundle file: %w", err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(bundlePEM)
-	if err == nil {
-		err = f.Chmod(0o644)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("trust bundle file %s: %w", path, err)
 	}
 	return nil
 }
