@@ -14,6 +14,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -36,6 +37,35 @@ type typeState struct {
 	depType   string
 	refsOf    func(proto.Message) []string
 	groups    map[string]*group
+
+	// deltaReq is what delta responses of this type give as their request:
+	// go-control-plane reads only its type URL, so every watch shares it.
+	deltaReq *discovery.DeltaDiscoveryRequest
+	// sendMetrics are the per-response metrics bound to this type's label,
+	// made on the first response (so a type never sent has no series).
+	sendMetrics atomic.Pointer[typeSendMetrics]
+}
+
+// typeSendMetrics are the metrics every response of a type updates, bound
+// to the type's label once rather than looked up for each response.
+type typeSendMetrics struct {
+	pushes     prometheus.Counter
+	configSize prometheus.Observer
+	pushTime   prometheus.Observer
+}
+
+// sendMetricsFor returns ts's bound send metrics.
+func (ts *typeState) sendMetricsFor(m *metrics) *typeSendMetrics {
+	if sm := ts.sendMetrics.Load(); sm != nil {
+		return sm
+	}
+	sm := &typeSendMetrics{
+		pushes:     m.pushes.WithLabelValues(ts.short),
+		configSize: m.configSize.WithLabelValues(ts.short),
+		pushTime:   m.pushTime.WithLabelValues(ts.short),
+	}
+	ts.sendMetrics.Store(sm)
+	return sm
 }
 
 // group is the proxies of one type that share a generator key, and the
@@ -75,6 +105,9 @@ type conn struct {
 
 	smu    sync.Mutex
 	status map[string]*typeStatus
+	// lastURL and lastSt are the status last looked up (statusFor).
+	lastURL string
+	lastSt  *typeStatus
 }
 
 type pendingSend struct {
@@ -158,7 +191,8 @@ func (x *xdsCache) register(typeURL string, g api.Generator) error {
 		return fmt.Errorf("xds: a generator for %s is already registered", typeURL)
 	}
 	ts := &typeState{url: typeURL, short: api.ShortType(typeURL), gen: g, groups: map[string]*group{},
-		fullState: typeURL == api.ClusterType || typeURL == api.ListenerType}
+		fullState: typeURL == api.ClusterType || typeURL == api.ListenerType,
+		deltaReq:  &discovery.DeltaDiscoveryRequest{TypeUrl: typeURL}}
 	ts.order = slices.Index(pushOrder, typeURL)
 	if ts.order < 0 {
 		ts.order = len(pushOrder) + len(x.types)
@@ -527,8 +561,7 @@ func (x *xdsCache) CreateWatch(req *cache.Request, sub cache.Subscription, ch ch
 
 // CreateDeltaWatch implements cache.ConfigWatcher for delta streams.
 func (x *xdsCache) CreateDeltaWatch(req *cache.DeltaRequest, sub cache.Subscription, ch chan cache.DeltaResponse) (func(), error) {
-	w := &watch{sub: sub, dr: &discovery.DeltaDiscoveryRequest{TypeUrl: req.GetTypeUrl()}, dch: ch,
-		wild: sub.IsWildcard(), names: sub.SubscribedResources()}
+	w := &watch{sub: sub, dch: ch, wild: sub.IsWildcard(), names: sub.SubscribedResources()}
 	set, shared := x.s.subs.lookup(w.names)
 	if shared {
 		w.names = set.names
@@ -538,22 +571,14 @@ func (x *xdsCache) CreateDeltaWatch(req *cache.DeltaRequest, sub cache.Subscript
 		return func() {}, err
 	}
 	defer x.mu.Unlock()
-	w.ct = ct
+	w.ct, w.dr = ct, ct.ts.deltaReq
 	ct.c.mu.Lock()
 	if slices.Contains(req.GetResourceNamesSubscribe(), "*") {
 		ct.rescan = true
 	}
 	// Newly subscribed names are sent whatever the proxy was sent before
 	// (until something was sent, nothing needs forcing).
-	force := func(n string) {
-		if !ct.everSent {
-			return
-		}
-		if ct.force == nil {
-			ct.force = map[string]struct{}{}
-		}
-		ct.force[n] = struct{}{}
-	}
+	force := ct.forceName
 	switch {
 	case !shared:
 		for _, n := range req.GetResourceNamesSubscribe() {
@@ -575,6 +600,18 @@ func (x *xdsCache) CreateDeltaWatch(req *cache.DeltaRequest, sub cache.Subscript
 	}
 	ct.c.mu.Unlock()
 	return x.open(ct, w), nil
+}
+
+// forceName marks n to be sent whatever the proxy was sent before, once
+// something was sent. Caller holds ct.c.mu.
+func (ct *connType) forceName(n string) {
+	if !ct.everSent {
+		return
+	}
+	if ct.force == nil {
+		ct.force = map[string]struct{}{}
+	}
+	ct.force[n] = struct{}{}
 }
 
 // open answers w at once if a response is due, otherwise parks it on its
@@ -812,12 +849,19 @@ type deltaResp struct {
 	all     bool
 	pushed  bool
 	created time.Time
+
+	// out is the response handed to go-control-plane, and send1 the
+	// backing of send for the usual single change: one allocation per
+	// response instead of three.
+	out   discovery.DeltaDiscoveryResponse
+	send1 [1]*entry
 }
 
 var _ cache.DeltaResponse = (*deltaResp)(nil)
 
 func (r *deltaResp) GetDeltaDiscoveryResponse() (*discovery.DeltaDiscoveryResponse, error) {
-	out := &discovery.DeltaDiscoveryResponse{SystemVersionInfo: r.snap.version, TypeUrl: r.snap.typeURL, RemovedResources: r.removed}
+	out := &r.out
+	out.SystemVersionInfo, out.TypeUrl, out.RemovedResources = r.snap.version, r.snap.typeURL, r.removed
 	list := r.send
 	if r.all {
 		list = r.snap.sorted
@@ -873,6 +917,7 @@ func (x *xdsCache) deltaResponse(ct *connType, w *watch) *deltaResp {
 		return ok
 	}
 	r := &deltaResp{x: x, ct: ct, req: w.dr, snap: snap, created: time.Now()}
+	r.send = r.send1[:0]
 	consider := func(n string) {
 		if !relevant(n) {
 			return

@@ -83,11 +83,17 @@ func (st *typeStatus) state() api.SyncState {
 }
 
 func (c *conn) statusFor(typeURL string) *typeStatus {
+	// Entries are never removed, so the last one found stays valid: a
+	// stream's requests and responses are mostly of one type.
+	if c.lastSt != nil && c.lastURL == typeURL {
+		return c.lastSt
+	}
 	st := c.status[typeURL]
 	if st == nil {
 		st = &typeStatus{}
 		c.status[typeURL] = st
 	}
+	c.lastURL, c.lastSt = typeURL, st
 	return st
 }
 

@@ -213,6 +213,21 @@ func (b *streamBase) afterSend(typeURL string, bytes int, created time.Time, err
 	}
 }
 
+// afterSendOf is afterSend for a response of the cache's, whose type's
+// metrics are already bound to its label.
+func (b *streamBase) afterSendOf(ts *typeState, bytes int, created time.Time, err error) {
+	if err != nil {
+		b.s.m.sendErrors.WithLabelValues(ts.short).Inc()
+		return
+	}
+	sm := ts.sendMetricsFor(b.s.m)
+	sm.pushes.Inc()
+	sm.configSize.Observe(float64(bytes))
+	if !created.IsZero() {
+		sm.pushTime.Observe(time.Since(created).Seconds())
+	}
+}
+
 // serveSotw serves one state-of-the-world stream.
 func (s *Server) serveSotw(st sotwGRPC, defaultType string) error {
 	release, err := s.acquireStream()
@@ -405,7 +420,7 @@ func (w *deltaStream) Send(out *discovery.DeltaDiscoveryResponse) error {
 	}
 	w.c.sent(out.GetTypeUrl(), out.GetNonce(), out.GetSystemVersionInfo(), r.count(), n, r.snap, trigger)
 	err := w.raw.SendMsg(msg)
-	w.afterSend(out.GetTypeUrl(), n, r.created, err)
+	w.afterSendOf(r.ct.ts, n, r.created, err)
 	return err
 }
 
