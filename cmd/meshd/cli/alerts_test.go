@@ -102,12 +102,14 @@ func queriedMetrics(t *testing.T) []string {
 }
 
 // registeredMetrics provisions a host with the default modules (nothing
-// runs, nothing listens) and collects the names of every metric family
+// runs; xds listens on free ports) and collects the names of every metric family
 // described to its registry, series or not.
 func registeredMetrics(t *testing.T) map[string]bool {
 	t.Helper()
 	cfg := core.DefaultConfig()
 	cfg.DataDir = t.TempDir()
+	// Provisioning xds binds its listeners: any free port, never 15010.
+	cfg.Modules = map[string]map[string]any{"xds": {"address": "127.0.0.1:0", "tlsAddress": "127.0.0.1:0"}}
 	st, err := store.Open(cfg.DataDir, store.Options{})
 	if err != nil {
 		t.Fatal(err)
