@@ -144,7 +144,9 @@ func (c *Cluster) Apply(yamlDocs []byte) error {
 			}
 			ri = c.Dynamic.Resource(m.Resource).Namespace(ns)
 		}
-		if _, err := ri.Create(ctx, u, metav1.CreateOptions{}); err != nil {
+		// Strict, as kubectl apply validates: an unknown or duplicate
+		// field is an error, not a warning.
+		if _, err := ri.Create(ctx, u, metav1.CreateOptions{FieldValidation: "Strict"}); err != nil {
 			if !apierrors.IsAlreadyExists(err) {
 				return fmt.Errorf("create %s %s: %w", gvk.Kind, u.GetName(), err)
 			}
@@ -153,7 +155,7 @@ func (c *Cluster) Apply(yamlDocs []byte) error {
 				return err
 			}
 			u.SetResourceVersion(cur.GetResourceVersion())
-			if _, err := ri.Update(ctx, u, metav1.UpdateOptions{}); err != nil {
+			if _, err := ri.Update(ctx, u, metav1.UpdateOptions{FieldValidation: "Strict"}); err != nil {
 				return fmt.Errorf("update %s %s: %w", gvk.Kind, u.GetName(), err)
 			}
 		}
