@@ -26,9 +26,15 @@ type Error struct {
 func WriteJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
+	_ = PrintJSON(w, v)
+}
+
+// PrintJSON writes v as indented JSON and a newline: the `-o json` of every
+// meshd command, shaped like the admin API's answers.
+func PrintJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	_ = enc.Encode(v)
+	return enc.Encode(v)
 }
 
 // WriteError writes err as an Error body with status code.

@@ -4,7 +4,6 @@
 package statuscmd
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"slices"
@@ -17,6 +16,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshd/meshd/xds/api"
+
+	coreadmin "github.com/meshd/meshd/core/admin"
 )
 
 // ExitError carries the process exit code; the root command turns it into
@@ -62,9 +63,7 @@ cannot be read.`,
 			w := cmd.OutOrStdout()
 			switch output {
 			case "json":
-				enc := json.NewEncoder(w)
-				enc.SetIndent("", "  ")
-				if err := enc.Encode(statuses); err != nil {
+				if err := coreadmin.PrintJSON(w, statuses); err != nil {
 					return err
 				}
 			case "table", "":

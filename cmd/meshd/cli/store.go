@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -174,9 +173,7 @@ func printSnapshotFile(w io.Writer, sf *store.SnapshotFile) {
 
 func printResult(w io.Writer, format string, v any, text func(io.Writer)) error {
 	if format == "json" {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(v)
+		return admin.PrintJSON(w, v)
 	}
 	text(w)
 	return nil

@@ -5,7 +5,6 @@ package plugincmd
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -13,7 +12,7 @@ import (
 	"time"
 
 	"github.com/meshd/meshd/core"
-	"github.com/meshd/meshd/core/admin"
+	coreadmin "github.com/meshd/meshd/core/admin"
 
 	"github.com/spf13/cobra"
 
@@ -55,9 +54,7 @@ The exit status is 1 when any plugin is not up.`,
 			w := cmd.OutOrStdout()
 			switch output {
 			case "json":
-				enc := json.NewEncoder(w)
-				enc.SetIndent("", "  ")
-				if err := enc.Encode(sts); err != nil {
+				if err := coreadmin.PrintJSON(w, sts); err != nil {
 					return err
 				}
 			case "table", "":
@@ -87,7 +84,7 @@ The exit status is 1 when any plugin is not up.`,
 
 func fetch(addr string, timeout time.Duration) ([]plugin.Status, error) {
 	var out []plugin.Status
-	err := admin.NewClient(addr, timeout, "plugins").Do(context.Background(), http.MethodGet, "/debug/plugins", nil, &out)
+	err := coreadmin.NewClient(addr, timeout, "plugins").Do(context.Background(), http.MethodGet, "/debug/plugins", nil, &out)
 	return out, err
 }
 

@@ -20,6 +20,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/meshd/meshd/core/admin"
 	"github.com/meshd/meshd/modules/citadel"
 	"github.com/meshd/meshd/modules/citadel/ca"
 	"github.com/spf13/cobra"
@@ -84,9 +85,7 @@ func (o *options) run(cmd *cobra.Command, f func(context.Context, citadel.Operat
 		if b, ok := v.([]byte); ok {
 			return json.NewEncoder(w).Encode(string(b))
 		}
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(v)
+		return admin.PrintJSON(w, v)
 	}
 	text(w, v)
 	return nil

@@ -338,11 +338,7 @@ func (c *client) Diff(from, to uint64) (*galley.Diff, error) {
 	return &out, err
 }
 
-func writeJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
+func writeJSON(w io.Writer, v any) error { return admin.PrintJSON(w, v) }
 
 func reason(r galley.RevisionInfo) string {
 	if r.Reason == galley.ReasonRollback {

@@ -3,7 +3,6 @@
 package validatecmd
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -13,6 +12,8 @@ import (
 	"github.com/meshd/meshd/core"
 	"github.com/meshd/meshd/modules/galley"
 	"github.com/meshd/meshd/modules/galley/api"
+
+	"github.com/meshd/meshd/core/admin"
 )
 
 // Exit codes of meshd validate.
@@ -263,9 +264,7 @@ func writeJSON(w io.Writer, res galley.Result, counts api.Counts) error {
 	if rep.Findings == nil {
 		rep.Findings = []api.Finding{}
 	}
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	if err := enc.Encode(rep); err != nil {
+	if err := admin.PrintJSON(w, rep); err != nil {
 		return fmt.Errorf("encode json: %w", err)
 	}
 	return nil
